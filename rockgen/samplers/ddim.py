@@ -1,0 +1,112 @@
+"""DDIM sampling and DDIM inversion (Song et al. 2021, "Denoising Diffusion Implicit Models", eq. 12).
+
+Samplers are plain functions over ``model_fn(x_t, t) -> network output`` (conditioning such as z_sem is bound
+by the caller, e.g. ``functools.partial(unet, cond=z_sem)``). ``t`` passed to the network is always the
+original 1000-step index, so a model trained with T=1000 can be sampled with any number of steps.
+
+Step from t to s < t, with x̂_0 = (x_t − √(1−ᾱ_t) ε̂)/√ᾱ_t and
+    σ = η √((1−ᾱ_s)/(1−ᾱ_t)) √(1 − ᾱ_t/ᾱ_s):
+    x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z.
+With ``clip_x0`` x̂_0 is clamped to [-1, 1] and ε̂ re-derived from the clamped x̂_0 (as the official DiffAE does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rockgen.diffusion.gaussian import eps_from_x0, to_eps_and_x0
+from rockgen.diffusion.schedules import Schedule
+
+ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def ddim_timesteps(num_steps: int, num_timesteps: int = 1000) -> torch.Tensor:
+    """The kept steps t_i = ⌊i·T/N⌋, i = 0..N−1, ascending (N, ) int64.
+
+    Any N in 1..T works; for divisors of T this equals DiffAE's ``ddimN`` spacing (T=20 → 0, 50, …, 950).
+    """
+    if not 1 <= int(num_steps) <= num_timesteps:
+        raise ValueError(f"number of DDIM steps must be in 1..{num_timesteps}, got {num_steps}")
+    i = torch.arange(int(num_steps), dtype=torch.int64)
+    return (i * num_timesteps) // int(num_steps)
+
+
+def _abar_at(schedule: Schedule, t: int) -> float:
+    return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
+
+
+def _predict(model_fn: ModelFn, x: torch.Tensor, t: int, abar: float, prediction: str,
+             clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the network at step t and return (ε̂, x̂_0), clipping x̂_0 if asked."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    a = torch.tensor(abar, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device)
+    out = model_fn(x, tt).to(x.dtype)
+    eps, x0 = to_eps_and_x0(prediction, out, a, x)
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        eps = eps_from_x0(a, x, x0)
+    return eps, x0
+
+
+def ddim_step(eps: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float, eta: float = 0.0,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+    """One DDIM update from ᾱ_t to ᾱ_s given ε̂ and x̂_0 (eq. 12); η=0 is deterministic."""
+    sigma = 0.0
+    if eta > 0:
+        sigma = eta * ((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s)) ** 0.5
+    x = abar_s**0.5 * x0 + max(1 - abar_s - sigma**2, 0.0) ** 0.5 * eps
+    if sigma > 0:
+        if noise is None:
+            raise ValueError("ddim_step with eta > 0 needs noise")
+        x = x + sigma * noise
+    return x
+
+
+@torch.no_grad()
+def ddim_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, *, eta: float = 0.0,
+                clip_x0: bool = True, prediction: str = "eps", generator: torch.Generator | None = None,
+                progress: bool = False, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
+                ) -> torch.Tensor:
+    """DDIM sampling from x_T (taken to be at the last kept step) down to x_0 (Song et al. 2021).
+
+    x (B, ...) noise; returns x_0 (B, ...) in the network's data range ([-1, 1] for images).
+    """
+    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
+    for i in tqdm(range(len(steps) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
+        t, s = steps[i], steps[i - 1] if i > 0 else -1
+        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+        eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
+        noise = None
+        if eta > 0 and s >= 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = ddim_step(eps, x0, a_t, a_s, eta if s >= 0 else 0.0, noise)
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: Schedule, num_steps: int, *,
+                clip_x0: bool = True, prediction: str = "eps", progress: bool = False) -> torch.Tensor:
+    """Deterministic DDIM inversion x_0 → x_T ("stochastic encoding" in DiffAE, §3.2).
+
+    The mirror image of ``ddim_sample`` with η=0: x_0 → t_0 → t_1 → … → t_{N−1}, evaluating the network at the
+    current point. The result is the x_T that ``ddim_sample`` starts from. (Official DiffAE instead ends with a
+    jump to ᾱ=0, i.e. returns ε̂ at the last step; that x_T does not sit on the sampler's first step.)
+    """
+    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
+    x = x0
+    for i in tqdm(range(len(steps)), desc="DDIM inversion", disable=not progress, leave=False):
+        a_next = _abar_at(schedule, steps[i])
+        if i == 0:
+            # x_0 → t_0: mirror of the sampler's last step (t_0 → x_0): ε̂ from the network at t_0, x̂_0 = x_0.
+            eps, _ = _predict(model_fn, x, steps[0], a_next, prediction, clip_x0=False)
+            x = ddim_step(eps, x, 1.0, a_next)
+        else:
+            a_cur = _abar_at(schedule, steps[i - 1])
+            eps, x0_hat = _predict(model_fn, x, steps[i - 1], a_cur, prediction, clip_x0)
+            x = ddim_step(eps, x0_hat, a_cur, a_next)
+    return x
