@@ -63,6 +63,7 @@ class Schedule:
 
 def extract(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """values[t] as (B, 1, ..., 1) in the dtype and device of ``like`` (float32 at least)."""
-    out = values.to(like.device)[t.to(like.device).long()]
     dtype = like.dtype if like.dtype == torch.float64 else torch.float32
-    return out.to(dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    # cast before moving: float64 tensors cannot live on every device (Apple MPS)
+    out = values.to(dtype).to(like.device)[t.to(like.device).long()]
+    return out.reshape(-1, *([1] * (like.ndim - 1)))

@@ -1,0 +1,88 @@
+"""Typed configuration of the training modules (plain dataclasses: no Hydra, no Lightning).
+
+Hydra hands the LightningModules plain dicts (also what a checkpoint's hyper-parameters hold); ``parse``
+turns each into its dataclass so that a misspelt key fails at once with the setting's full name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class DiffusionConf:
+    """Image (or latent) diffusion: β schedule over T steps, what the network predicts, the loss."""
+
+    schedule: str = "linear"  # linear 1e-4→0.02 (images), cosine, const (latents: β=0.008)
+    num_timesteps: int = 1000
+    beta_const: float = 0.008  # only for schedule=const
+    prediction: str = "eps"  # eps (DiffAE), x0 or v
+    loss: str = "mse"  # mse (images) or l1 (latent DDIM, as the official code)
+    clip_x0: bool = True  # clamp x̂0 to [-1, 1] while sampling (images: yes; latents: no)
+
+
+@dataclass
+class OptimConf:
+    """AdamW (official: Adam/AdamW lr 1e-4, no weight decay for images) with optional linear warm-up."""
+
+    name: str = "adamw"  # adamw or adam
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+
+
+@dataclass
+class EMAConf:
+    """EMA of the weights used for evaluation, encoding and sampling."""
+
+    decay: float = 0.9999
+    # Short runs never reach a 0.9999 average; warm-up uses min(decay, (1+n)/(10+n)) at step n.
+    warmup: bool = False
+
+
+@dataclass
+class EvalConf:
+    """Validation: reconstructions of held-out tiles with inferred and random x_T at each T."""
+
+    T: list[int] = field(default_factory=lambda: [10, 20, 50, 100])
+    inferred_xT: bool = True  # DDIM-invert x0 → x_T, then render (near-perfect reconstructions)
+    random_xT: bool = True  # render from fresh noise with the image's z_sem (what z_sem alone keeps)
+    render_T: int = 20  # default DDIM steps of encode_stochastic/render when T is None (official T_eval)
+    grid_images: int = 8  # originals vs reconstructions written as a PNG grid
+    seed: int = 0  # noise for random x_T, fixed so curves are comparable across validations
+    lpips: bool = True  # when the AlexNet backbone weights are present
+
+
+def parse(cls: type[T], value: Any, name: str) -> T:
+    """Build dataclass ``cls`` from a dict (or pass an instance through); unknown keys name the setting."""
+    if isinstance(value, cls):
+        return value
+    value = dict(value or {})
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown} in {name}; valid keys: {sorted(known)}")
+    return cls(**value)
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, OmegaConf containers and tuples → plain dicts/lists (safe for ``weights_only`` loading)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_plain(v) for k, v in dataclasses.asdict(value).items()}
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    return value

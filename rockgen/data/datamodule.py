@@ -1,0 +1,276 @@
+"""``TileDataModule``: image folders (or the embedded demo rocks) -> train / val / predict loaders of square
+tiles.
+
+Every constructor argument is a plain type, so Hydra can instantiate it from ``configs/data/*.yaml``. Batches
+are ``{"img": (B, 3, S, S) float32 in [-1, 1], "index": (B,) int64, "source": (B,) int64}``.
+
+* ``batch_size`` is the GLOBAL batch: ``setup`` divides it by the trainer's world size (each DDP rank loads
+  ``batch_size // world_size``); Lightning's distributed sampler shards the data across ranks.
+* Train: random crops (or grid tiles) of the training files, shuffled, augmented, ``drop_last``.
+* Val: grid tiles of the held-out files (split by source file, see ``split_files``), no augmentation, at most
+  ``val_max_items`` evenly spaced tiles: the same tiles every epoch.
+* Predict: ALL files in ``files`` order, no augmentation, grid tiles (``crop="grid"``) or one centre crop per
+  file (``crop="random"``). Items carry ``index`` so outputs gathered from several ranks can be put back in
+  order; ``predict_paths()`` / ``predict_sources()`` map each index to its file, ``labels()`` gives each
+  file's folder.
+
+Usage::
+
+    dm = TileDataModule(root=None, demo_dir="data/demo", image_size=64, batch_size=8)  # demo rocks
+    dm = TileDataModule(root="/data/survey_tiles", zoom=23, crop="grid")             # an XYZ pyramid
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from rockgen.data.demo import write_demo_dataset
+from rockgen.data.images import find_images
+from rockgen.data.tiles import (
+    TileDataset,
+    normalize_augment,
+    probe_images,
+    relative_keys,
+    split_files,
+    xyz_block_groups,
+)
+
+CROPS = ("random", "grid")
+
+
+class TileDataModule(pl.LightningDataModule):
+    """Square tiles from a folder tree of images (``root``) or from the generated demo rocks (``root=None``).
+
+    Args (all plain types):
+        root: image folder searched recursively; ``None`` -> demo data written to/cached in ``demo_dir``.
+        demo_dir, demo_num_per_class, demo_size, demo_seed: where and what demo data to generate.
+        image_size: tile side ``S``.
+        batch_size: global training batch (divided by the world size); ``val_batch_size`` likewise (default =
+            ``batch_size``).
+        num_workers, persistent_workers, pin_memory: DataLoader options (pinning only when training on CUDA).
+        val_fraction, split_seed: deterministic held-out fraction of source files (see ``split_files``).
+        val_max_items: cap on validation tiles (evenly spaced); ``None`` = all.
+        crop: ``"random"`` crops or ``"grid"`` tiles for training (and grid vs centre crop for predict).
+        augment: ``{"hflip", "vflip", "rot90"}`` booleans for training.
+        zoom: keep only ``{z}/{x}/{y}.ext`` files with ``z == zoom`` (web-map pyramids); ``None`` = all files.
+        xyz_split_block: XYZ tiles are split train/val in ``block x block`` squares so that neighbouring
+            tiles do not leak across the split; ``None``/0 = per file.
+        extensions: file extensions to accept (default png, jpg, jpeg, tif, tiff, webp).
+        strict: raise on an unreadable file instead of skipping it with one warning.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        demo_dir: str = "data/demo",
+        demo_num_per_class: int = 64,
+        demo_size: int = 96,
+        demo_seed: int = 0,
+        image_size: int = 64,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        num_workers: int = 2,
+        val_fraction: float = 0.1,
+        val_max_items: int | None = 64,
+        crop: str = "random",
+        augment: Mapping[str, bool] | None = None,
+        zoom: int | None = None,
+        xyz_split_block: int | None = 8,
+        extensions: list[str] | None = None,
+        strict: bool = False,
+        split_seed: int = 0,
+        persistent_workers: bool = True,
+        pin_memory: bool = True,
+    ):
+        super().__init__()
+        if crop not in CROPS:
+            raise ValueError(f"data.crop must be one of {CROPS}, got {crop!r}")
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(
+                f"data.batch_size / data.val_batch_size must be >= 1, got {batch_size}/{val_batch_size}"
+            )
+        self.root = None if root is None else str(root)
+        self.demo_dir = str(demo_dir)
+        self.demo_num_per_class = int(demo_num_per_class)
+        self.demo_size = int(demo_size)
+        self.demo_seed = int(demo_seed)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = None if val_batch_size is None else int(val_batch_size)
+        self.num_workers = int(num_workers)
+        self.val_fraction = float(val_fraction)
+        self.val_max_items = val_max_items
+        self.crop = crop
+        augment = {"hflip": True, "vflip": True, "rot90": True} if augment is None else dict(augment)
+        self.augment = normalize_augment(augment)
+        self.zoom = zoom
+        self.xyz_split_block = xyz_split_block
+        self.extensions = None if extensions is None else [str(e) for e in extensions]
+        self.strict = bool(strict)
+        self.split_seed = int(split_seed)
+        self.persistent_workers = bool(persistent_workers)
+        self.pin_memory = bool(pin_memory)
+        self.save_hyperparameters(logger=False)
+        self._files: list[str] | None = None
+        self._sizes: list[tuple[int, int]] = []
+        self.train_set: TileDataset | None = None
+        self.val_set: TileDataset | Subset | None = None
+        self.predict_set: TileDataset | None = None
+        self.per_rank_batch_size = self.batch_size
+        self.per_rank_val_batch_size = self.val_batch_size or self.batch_size
+
+    # ------------------------------------------------------------------ discovery
+    @property
+    def data_root(self) -> Path:
+        """The folder that is searched: ``root``, or ``demo_dir`` for demo data."""
+        return Path(self.root if self.root is not None else self.demo_dir).expanduser()
+
+    def prepare_data(self) -> None:
+        """Generate (or find cached) demo PNGs; Lightning runs this on one process per node."""
+        if self.root is None:
+            self._write_demo()
+
+    def _write_demo(self) -> None:
+        write_demo_dataset(self.demo_dir, self.demo_num_per_class, self.demo_size, self.demo_seed)
+
+    def _scan(self) -> None:
+        if self._files is not None:
+            return
+        if self.root is None:
+            self._write_demo()  # cached: returns at once after prepare_data
+        found = find_images(self.data_root, self.extensions, self.zoom)
+        files, sizes = probe_images(found, strict=self.strict)
+        self._files, self._sizes = files, sizes
+
+    @property
+    def files(self) -> list[str]:
+        """All readable source files, sorted by relative path; ``source`` and ``labels()`` index this list."""
+        self._scan()
+        return list(self._files)
+
+    def labels(self) -> list[str]:
+        """Folder of each file relative to the data root (``""`` at top level): the rock type for demos."""
+        keys = relative_keys(self.files, self.data_root)
+        return [k.rsplit("/", 1)[0] if "/" in k else "" for k in keys]
+
+    # ------------------------------------------------------------------ setup
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
+
+    def _split_batch(self, name: str, value: int, world: int) -> int:
+        if value % world:
+            raise ValueError(
+                f"data.{name}={value} is the global batch size and must be divisible by the world size "
+                f"{world} (devices x nodes); choose e.g. data.{name}={max(world, value - value % world)}"
+            )
+        return value // world
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan files once, split train/val by source file, build the datasets for ``stage``."""
+        world = self._world_size()
+        self.per_rank_batch_size = self._split_batch("batch_size", self.batch_size, world)
+        if self.val_batch_size is None:
+            self.per_rank_val_batch_size = self.per_rank_batch_size
+        else:
+            self.per_rank_val_batch_size = self._split_batch("val_batch_size", self.val_batch_size, world)
+        self._scan()
+        size_of = dict(zip(self._files, self._sizes, strict=True))
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            keys = relative_keys(self._files, self.data_root)
+            groups = xyz_block_groups(keys, self.xyz_split_block) if self.xyz_split_block else None
+            train_files, val_files = split_files(
+                self._files, self.val_fraction, self.split_seed, root=self.data_root, groups=groups
+            )
+            if not train_files:
+                raise ValueError(f"no training files left after the validation split of {self.data_root}")
+            mode = "random_crop" if self.crop == "random" else "grid"
+            self.train_set = self._dataset(train_files, size_of, mode, self.augment)
+            if val_files:
+                val = self._dataset(val_files, size_of, "grid", None)
+                self.val_set = _evenly_spaced(val, self.val_max_items)
+            else:
+                warnings.warn(
+                    f"no validation files: {len(self._files)} file(s) with val_fraction={self.val_fraction}; "
+                    "validation is skipped",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                self.val_set = None
+        if stage in (None, "predict") and self.predict_set is None:
+            mode = "grid" if self.crop == "grid" else "center_crop"
+            self.predict_set = self._dataset(self._files, size_of, mode, None)
+
+    def _dataset(self, files, size_of, mode, augment) -> TileDataset:
+        return TileDataset(
+            files,
+            self.image_size,
+            mode=mode,
+            augment=augment,
+            strict=self.strict,
+            sizes=[size_of[f] for f in files],
+        )
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        on_cuda = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.persistent_workers and self.num_workers > 0,
+            pin_memory=self.pin_memory and on_cuda and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        if len(self.train_set) < self.per_rank_batch_size:
+            raise ValueError(
+                f"only {len(self.train_set)} training tiles but a per-rank batch of "
+                f"{self.per_rank_batch_size} with drop_last: lower data.batch_size or add data"
+            )
+        return self._loader(self.train_set, self.per_rank_batch_size, shuffle=True, drop_last=True)
+
+    def val_dataloader(self):
+        if self.train_set is None:
+            self.setup("validate")
+        if self.val_set is None:
+            return []
+        return self._loader(self.val_set, self.per_rank_val_batch_size, shuffle=False, drop_last=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_set is None:
+            self.setup("predict")
+        return self._loader(self.predict_set, self.per_rank_val_batch_size, shuffle=False, drop_last=False)
+
+    # ------------------------------------------------------------------ predict bookkeeping
+    def predict_sources(self) -> list[int]:
+        """Index into ``files`` of each predict item (item ``i`` of the predict set is cut from this file)."""
+        if self.predict_set is None:
+            self.setup("predict")
+        ds = self.predict_set
+        return np.repeat(np.arange(len(ds.files)), ds.counts).tolist()
+
+    def predict_paths(self) -> list[str]:
+        """Source file path of each predict item, in dataset (``index``) order: the rows of a latents file."""
+        files = self.files
+        return [files[s] for s in self.predict_sources()]
+
+
+def _evenly_spaced(dataset: TileDataset, max_items: int | None):
+    """At most ``max_items`` items at evenly spaced indices (spans all files); the dataset if fewer."""
+    if max_items is None or len(dataset) <= max_items:
+        return dataset
+    idx = np.linspace(0, len(dataset) - 1, int(max_items)).round().astype(np.int64)
+    return Subset(dataset, np.unique(idx).tolist())

@@ -1,0 +1,464 @@
+"""Embedded demo data: procedurally generated rock-like RGB tiles in several visually distinct rock types.
+
+Lets every command run with no data set at hand (``data.root=null``). Each class imitates a nadir drone photo
+at about 2 cm/pixel, so features have fixed sizes in pixels (a larger tile shows more stones, not bigger
+ones):
+
+* ``cobbles``   rounded, shaded stones (8-30 cm) of varied lithology in a sandy matrix, with cast shadows.
+* ``layered``   bedded strata: bands of varied thickness and tone, tilted and gently folded, resistant beds
+  standing proud, fine lamination.
+* ``fractured`` massive pale rock cut by two or three joint sets of dark, discontinuous, wavy fractures with
+  iron staining.
+* ``gravel``    dense small angular clasts (Voronoi cells with chamfered, tilted facets) and dark gaps.
+* ``granite``   coarse crystalline speckle: pink/white feldspar, grey quartz, clustered black biotite.
+
+Only numpy, float64, and operations whose results IEEE-754 fixes exactly (+ - * / sqrt, no sin/exp/pow or
+BLAS), with ``numpy.random.Generator(PCG64)`` using ``random()``/``integers()`` only: the pixels are the same
+on every machine for a given numpy version (PNG bytes also depend on the zlib build; ``manifest.json`` stores
+a SHA-256 of the pixels). ``write_demo_dataset`` writes ``out_dir/<class>/<class>_0000.png`` (folder = label)
+and caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+DEMO_VERSION = 1
+Rng = np.random.Generator
+
+
+# ------------------------------------------------------------------------------------------- noise helpers
+def _fade(t: np.ndarray) -> np.ndarray:
+    """Quintic smoothstep 6t^5 - 15t^4 + 10t^3 (C2-continuous value noise)."""
+    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
+
+
+def _lattice_sample(lat: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Smoothly interpolated lattice values at float coordinates (rows ``u``, columns ``v``); wraps around."""
+    iu, iv = np.floor(u), np.floor(v)
+    fu, fv = _fade(u - iu), _fade(v - iv)
+    n0, n1 = lat.shape
+    i0, j0 = iu.astype(np.int64) % n0, iv.astype(np.int64) % n1
+    i1, j1 = (i0 + 1) % n0, (j0 + 1) % n1
+    top = lat[i0, j0] + (lat[i0, j1] - lat[i0, j0]) * fv
+    bottom = lat[i1, j0] + (lat[i1, j1] - lat[i1, j0]) * fv
+    return top + (bottom - top) * fu
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel-centre coordinates ``yy, xx`` of shape ``(h, w)``."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    return yy + 0.5, xx + 0.5
+
+
+def value_noise(rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float) -> np.ndarray:
+    """Value noise in [0, 1] with feature size ``cell`` pixels, sampled at coordinates ``yy, xx``."""
+    lat = rng.random((64, 64))
+    off = rng.random(2) * 64.0
+    return _lattice_sample(lat, yy / cell + off[0], xx / cell + off[1])
+
+
+def fbm(
+    rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float, octaves: int = 4, gain: float = 0.5
+) -> np.ndarray:
+    """Fractal sum of ``octaves`` value-noise layers (cell halves each octave), normalised to [0, 1]."""
+    total, amp, norm = np.zeros_like(yy), 1.0, 0.0
+    for _ in range(octaves):
+        total += amp * value_noise(rng, yy, xx, cell)
+        norm += amp
+        amp *= gain
+        cell *= 0.5
+    return total / norm
+
+
+def unit_vector(rng: Rng) -> tuple[float, float]:
+    """A uniformly random 2-D direction by rejection (avoids sin/cos, whose last bit varies across libms)."""
+    while True:
+        a, b = rng.random(2) * 2.0 - 1.0
+        r2 = a * a + b * b
+        if 0.01 < r2 <= 1.0:
+            r = np.sqrt(r2)
+            return float(a / r), float(b / r)
+
+
+def blur(a: np.ndarray, passes: int = 1) -> np.ndarray:
+    """Separable [1, 2, 1] / 4 blur repeated ``passes`` times (edge-padded), on the last two axes."""
+    for _ in range(passes):
+        p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (0, 0)], mode="edge")
+        a = (p[..., :-2, :] + 2.0 * p[..., 1:-1, :] + p[..., 2:, :]) * 0.25
+        p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(1, 1)], mode="edge")
+        a = (p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]) * 0.25
+    return a
+
+
+def hillshade(height: np.ndarray, light: tuple[float, float], elevation: float = 0.75) -> np.ndarray:
+    """Lambertian shading (1 on flat ground) of a height field in pixels, light from ``light`` (dy, dx)."""
+    gy, gx = np.gradient(height)
+    lz = elevation
+    lxy = np.sqrt(1.0 - lz * lz)
+    ly, lx = light[0] * lxy, light[1] * lxy
+    shade = (-gx * lx - gy * ly + lz) / np.sqrt(gx * gx + gy * gy + 1.0)
+    return np.clip(shade / lz, 0.0, 1.6)
+
+
+def cast_shadow(
+    height: np.ndarray, light: tuple[float, float], steps: int = 6, slope: float = 0.8
+) -> np.ndarray:
+    """Soft cast-shadow factor in [0.55, 1]: a pixel is shaded when the height towards the light rises above a
+    ray of the given slope (integer pixel steps along ``light``)."""
+    h, w = height.shape
+    occl = np.zeros_like(height)
+    pad = steps + 1
+    p = np.pad(height, pad, mode="edge")
+    for s in range(1, steps + 1):
+        dy, dx = int(np.floor(light[0] * s + 0.5)), int(np.floor(light[1] * s + 0.5))
+        ahead = p[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        occl = np.maximum(occl, ahead - height - slope * s)
+    return 1.0 - 0.45 * np.clip(occl / 3.0, 0.0, 1.0)
+
+
+def cell_voronoi(rng: Rng, yy: np.ndarray, xx: np.ndarray, spacing: float, size_spread: float):
+    """Voronoi cells of jittered-grid seeds about ``spacing`` px apart -> ``f1, f2, ids, seeds (n, 2)``.
+
+    ``f1``/``f2`` are the nearest and second-nearest power distances (squared distance minus a per-seed
+    weight in +-``size_spread`` * spacing^2 / 2, so cells vary in size); ``ids`` index ``seeds``. Each pixel
+    only looks at the 5 x 5 grid cells around it, which holds all candidates for ``size_spread`` <= 1.
+    """
+    margin = 3
+    ny = int(yy.max() / spacing) + 2 * margin + 1
+    nx = int(xx.max() / spacing) + 2 * margin + 1
+    gy, gx = np.mgrid[0:ny, 0:nx].astype(np.float64)
+    jitter = rng.random((2, ny, nx))
+    seeds = np.stack([(gy + jitter[0] - margin) * spacing, (gx + jitter[1] - margin) * spacing], -1)
+    weights = (rng.random((ny, nx)) - 0.5) * size_spread * spacing * spacing
+    cy = np.floor(yy / spacing).astype(np.int64) + margin
+    cx = np.floor(xx / spacing).astype(np.int64) + margin
+    f1 = np.full(yy.shape, np.inf)
+    f2 = np.full(yy.shape, np.inf)
+    ids = np.zeros(yy.shape, dtype=np.int64)
+    for oy in range(-2, 3):
+        for ox in range(-2, 3):
+            j, i = cy + oy, cx + ox
+            d = (yy - seeds[j, i, 0]) ** 2 + (xx - seeds[j, i, 1]) ** 2 - weights[j, i]
+            closer = d < f1
+            f2 = np.where(closer, f1, np.minimum(f2, d))
+            f1 = np.where(closer, d, f1)
+            ids = np.where(closer, j * nx + i, ids)
+    return f1, f2, ids, seeds.reshape(-1, 2)
+
+
+def _pick(rng: Rng, palette: np.ndarray, n: int, jitter: float) -> np.ndarray:
+    """``n`` colours drawn from ``palette`` (k, 3) with +-``jitter`` brightness and +-jitter/3 per channel."""
+    base = palette[rng.integers(0, len(palette), n)]
+    bright = 1.0 + (rng.random((n, 1)) * 2.0 - 1.0) * jitter
+    tint = 1.0 + (rng.random((n, 3)) * 2.0 - 1.0) * (jitter / 5.0)
+    return base * bright * tint
+
+
+def _rgb(*hex_colours: str) -> np.ndarray:
+    return np.array([[int(c[i : i + 2], 16) / 255.0 for i in (0, 2, 4)] for c in hex_colours])
+
+
+STONE_COLOURS = _rgb("8a8580", "a39a8c", "6e6a66", "b5aa98", "8c7560", "9e8a78", "5f5a55", "c2b8a8", "7d6a5a")
+MATRIX_COLOURS = _rgb("a08c70", "8f7d66", "b09a7a", "7f7060")
+BED_COLOURS = _rgb("c9b48f", "6f6a66", "9a8a78", "d4cbbd", "a0614a", "857a6a", "b8a27e", "57524f")
+MASSIVE_COLOURS = _rgb("b9b2a8", "c8bba6", "a8a39d", "bfae9c", "9e9a92")
+GRAVEL_COLOURS = _rgb(
+    "8d8a86", "a49c90", "6c6965", "b7ad9f", "8f7866", "5a5753", "c9c0b2", "9a8f80", "7a5f50"
+)
+FELDSPAR = _rgb("d9a89a", "e3c4b5", "c98f7f", "ece4dc")
+QUARTZ = _rgb("a9a8a6", "bdbcb8", "8f8e8c")
+BIOTITE = _rgb("242220", "35312c", "1b1a19")
+
+
+# --------------------------------------------------------------------------------------------- rock types
+def _cobbles(rng: Rng, size: int) -> np.ndarray:
+    yy, xx = _grid(size, size)
+    light = unit_vector(rng)
+    matrix_col = _pick(rng, MATRIX_COLOURS, 1, 0.12)[0]
+    grain = fbm(rng, yy, xx, 6.0, 3)
+    colour = matrix_col * (0.85 + 0.3 * grain)[..., None] * (0.9 + 0.2 * rng.random((size, size, 1)))
+    height = 1.5 * fbm(rng, yy, xx, 20.0, 2)
+    # Rejection-sample stone centres; radii 4..15 px (8-30 cm), larger first so small ones fill the gaps.
+    stones: list[tuple[float, float, float]] = []
+    target = int(size * size / 150) + 4
+    for _ in range(target * 12):
+        if len(stones) >= target:
+            break
+        r = 4.0 + 11.0 * rng.random() ** 2
+        cy, cx = rng.random(2) * (size + 2 * r) - r
+        if all((cy - sy) ** 2 + (cx - sx) ** 2 > (0.85 * (r + sr)) ** 2 for sy, sx, sr in stones):
+            stones.append((cy, cx, r))
+    edge = value_noise(rng, yy, xx, 5.0) - 0.5
+    speckles = [fbm(rng, yy, xx, cell, 2) for cell in (2.0, 3.5, 6.0)]
+    for cy, cx, r in stones:
+        uy, ux = unit_vector(rng)
+        aspect = 0.6 + 0.4 * rng.random()
+        stone_col = _pick(rng, STONE_COLOURS, 1, 0.18)[0]
+        which, contrast = int(rng.integers(0, 3)), 0.1 + 0.25 * rng.random()
+        # Work in the stone's bounding box only (edge noise can push the outline out by ~10%).
+        y0, y1 = max(0, int(cy - 1.2 * r)), min(size, int(cy + 1.2 * r) + 2)
+        x0, x1 = max(0, int(cx - 1.2 * r)), min(size, int(cx + 1.2 * r) + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        box = (slice(y0, y1), slice(x0, x1))
+        dy, dx = yy[box] - cy, xx[box] - cx
+        along, across = (dy * uy + dx * ux) / r, (dx * uy - dy * ux) / (r * aspect)
+        q2 = (along * along + across * across) * (1.0 + 0.35 * edge[box])
+        inside = q2 < 1.0
+        dome = np.sqrt(np.clip(1.0 - q2, 0.0, 1.0)) * (0.6 * r)
+        speckle = 1.0 - contrast / 2.0 + contrast * speckles[which][box]
+        colour[box] = np.where(inside[..., None], stone_col * speckle[..., None], colour[box])
+        height[box] = np.where(inside, np.maximum(height[box], 1.0 + dome), height[box])
+    shade = hillshade(blur(height), light) * cast_shadow(height, light)
+    return colour * shade[..., None]
+
+
+def _layered(rng: Rng, size: int) -> np.ndarray:
+    yy, xx = _grid(size, size)
+    light = unit_vector(rng)
+    uy, ux = unit_vector(rng)  # bedding-normal direction (dip azimuth on the ground)
+    along = yy * ux - xx * uy  # coordinate along strike
+    fold_amp = 4.0 + 18.0 * rng.random()
+    fold = fold_amp * (value_noise(rng, np.zeros_like(along), along, 40.0 + 60.0 * rng.random()) - 0.5)
+    depth = yy * uy + xx * ux + fold + 3.0 * (fbm(rng, yy, xx, 16.0, 3) - 0.5)
+    # A stratigraphic column: bed thickness 2..22 px (skewed thin), colour and hardness per bed.
+    lo, hi = float(depth.min()) - 1.0, float(depth.max()) + 1.0
+    tops = [lo]
+    while tops[-1] < hi:
+        tops.append(tops[-1] + 2.0 + 20.0 * rng.random() ** 2)
+    tops_arr = np.asarray(tops)
+    bed = np.clip(np.searchsorted(tops_arr, depth, side="right") - 1, 0, len(tops) - 1)
+    n_beds = len(tops)
+    lith = rng.integers(0, len(BED_COLOURS), n_beds)
+    for i in range(1, n_beds):  # beds repeat in cycles: often the same lithology as two beds below
+        if rng.random() < 0.35 and i >= 2:
+            lith[i] = lith[i - 2]
+    cols = BED_COLOURS[lith] * (0.9 + 0.2 * rng.random((n_beds, 1)))
+    hardness = rng.random(n_beds)
+    within = (depth - tops_arr[bed]) / (tops_arr[np.minimum(bed + 1, n_beds - 1)] - tops_arr[bed] + 1e-9)
+    lamination = value_noise(rng, np.zeros_like(depth), depth, 0.9 + 0.8 * rng.random())
+    tone = 0.9 + 0.12 * lamination + 0.06 * (fbm(rng, yy, xx, 5.0, 3) - 0.5)
+    colour = cols[bed] * tone[..., None] * (0.95 + 0.1 * rng.random((size, size, 1)))
+    # Resistant beds stand proud with rounded edges; soft beds are recessed.
+    height = 2.5 * hardness[bed] * (1.0 - (2.0 * within - 1.0) ** 4) + 0.6 * lamination
+    shade = hillshade(blur(height), light) * cast_shadow(height, light, steps=3)
+    return colour * shade[..., None]
+
+
+def _fractured(rng: Rng, size: int) -> np.ndarray:
+    yy, xx = _grid(size, size)
+    light = unit_vector(rng)
+    base = _pick(rng, MASSIVE_COLOURS, 1, 0.1)[0]
+    mottle = fbm(rng, yy, xx, 18.0, 4)
+    colour = base * (0.88 + 0.22 * mottle)[..., None] * (0.96 + 0.08 * rng.random((size, size, 1)))
+    crack = np.zeros((size, size))
+    stain = np.zeros((size, size))
+    n_sets = 2 + int(rng.random() < 0.5)
+    first = unit_vector(rng)
+    for s in range(n_sets):
+        if s == 0:
+            ny_, nx_ = first
+        elif s == 1:  # second set roughly orthogonal to the first (conjugate joints)
+            jy, jx = unit_vector(rng)
+            ny_, nx_ = -first[1] + 0.35 * jy, first[0] + 0.35 * jx
+            norm = np.sqrt(ny_ * ny_ + nx_ * nx_)
+            ny_, nx_ = ny_ / norm, nx_ / norm
+        else:
+            ny_, nx_ = unit_vector(rng)
+        spacing = 12.0 + 26.0 * rng.random()
+        normal = yy * ny_ + xx * nx_
+        strike = xx * ny_ - yy * nx_
+        wavy = 4.0 * (value_noise(rng, normal / 3.0, strike, 14.0) - 0.5)
+        phase = normal + wavy + rng.random() * spacing
+        dist = np.abs(phase - spacing * np.floor(phase / spacing + 0.5))  # distance to the nearest joint
+        line_id = np.floor(phase / spacing + 0.5)
+        # Joints end and restart: an on/off noise along strike, different for each joint.
+        # Joints end and restart: a slow on/off noise along strike, different for each joint.
+        lat = rng.random((64, 64))
+        present = _lattice_sample(lat, line_id * 3.7, strike / 45.0) > 0.25 + 0.3 * rng.random()
+        strength = 0.5 + 0.5 * _lattice_sample(lat, line_id * 3.7 + 17.0, strike / 9.0)
+        width = 0.7 + 1.0 * rng.random()
+        crack = np.maximum(crack, present * strength * np.clip(1.0 - dist / width, 0.0, 1.0))
+        stain = np.maximum(stain, present * np.clip(1.0 - dist / (3.0 * width + 2.5), 0.0, 1.0))
+    iron = np.array([0.62, 0.45, 0.3])
+    colour = colour * (1.0 - 0.3 * stain[..., None]) + iron * (0.3 * stain[..., None])
+    # Lichen and weathering patches: thresholded noise, grey-green or orange.
+    lichen = np.clip((fbm(rng, yy, xx, 7.0, 3) - 0.62) * 8.0, 0.0, 1.0) * (rng.random() < 0.7)
+    lichen_col = np.array([0.58, 0.6, 0.5]) if rng.random() < 0.6 else np.array([0.75, 0.55, 0.3])
+    colour = colour + (lichen_col - colour) * (0.6 * lichen[..., None])
+    colour = colour * (1.0 - 0.85 * crack[..., None])
+    height = 1.5 * mottle + 0.6 * fbm(rng, yy, xx, 4.0, 2) - 0.8 * crack
+    return colour * hillshade(blur(height), light)[..., None]
+
+
+def _gravel(rng: Rng, size: int) -> np.ndarray:
+    yy, xx = _grid(size, size)
+    light = unit_vector(rng)
+    spacing = 5.0 + 4.0 * rng.random()
+    f1, f2, ids, pts = cell_voronoi(rng, yy, xx, spacing, 0.9)  # power diagram: varied clast sizes
+    n = len(pts)
+    # (f2 - f1) / (2 * d_between) is about the distance to the cell edge; flat-topped clasts with chamfers.
+    edge = (f2 - f1) / (2.0 * spacing)
+    tilt = (rng.random((n, 2)) * 2.0 - 1.0) * 0.5
+    cy, cx = pts[ids, 0], pts[ids, 1]
+    facet = tilt[ids, 0] * (yy - cy) + tilt[ids, 1] * (xx - cx)
+    height = np.minimum(edge, 1.8) * 1.6 + facet + 0.5 * rng.random(n)[ids]
+    cols = _pick(rng, GRAVEL_COLOURS, n, 0.2) * 1.1
+    grain = 0.92 + 0.16 * fbm(rng, yy, xx, 2.0, 2)
+    colour = cols[ids] * grain[..., None]
+    gap = np.clip(edge / 0.35, 0.0, 1.0)  # dark interstices between clasts
+    matrix = np.array([0.25, 0.22, 0.19])
+    colour = matrix + (colour - matrix) * gap[..., None]
+    shade = hillshade(height, light) * cast_shadow(height, light, steps=3)
+    return colour * shade[..., None]
+
+
+def _granite(rng: Rng, size: int) -> np.ndarray:
+    yy, xx = _grid(size, size)
+    light = unit_vector(rng)
+    spacing = 3.0 + 2.0 * rng.random()
+    f1, f2, ids, pts = cell_voronoi(rng, yy, xx, spacing, 0.8)
+    n = len(pts)
+    # Mineral by a noise field sampled at each crystal, so biotite and quartz cluster as in a real granite.
+    field = value_noise(rng, pts[:, 0], pts[:, 1], 9.0)
+    u = 0.55 * field + 0.45 * rng.random(n)
+    biotite_cut, quartz_cut = 0.22 + 0.1 * rng.random(), 0.48 + 0.1 * rng.random()
+    mineral = np.where(u < biotite_cut, 0, np.where(u < quartz_cut, 1, 2))
+    tone = _pick(rng, FELDSPAR[rng.integers(0, len(FELDSPAR), 2)], n, 0.08)  # 1-2 feldspar tones per tile
+    tone = np.where((mineral == 1)[:, None], _pick(rng, QUARTZ, n, 0.08), tone)
+    tone = np.where((mineral == 0)[:, None], _pick(rng, BIOTITE, n, 0.2), tone)
+    boundary = np.clip((f2 - f1) / (0.6 * spacing * spacing), 0.0, 1.0)
+    colour = tone[ids] * (0.85 + 0.15 * boundary)[..., None]
+    colour *= (0.93 + 0.14 * fbm(rng, yy, xx, 24.0, 3))[..., None]
+    height = 0.4 * boundary + 1.0 * fbm(rng, yy, xx, 30.0, 2)
+    return colour * hillshade(height, light)[..., None]
+
+
+ROCK_TYPES: dict[str, Callable[[Rng, int], np.ndarray]] = {
+    "cobbles": _cobbles,
+    "layered": _layered,
+    "fractured": _fractured,
+    "gravel": _gravel,
+    "granite": _granite,
+}
+
+
+def make_demo_tile(kind: str, size: int, rng: Rng) -> np.ndarray:
+    """One procedural tile of rock type ``kind`` (see :data:`ROCK_TYPES`) -> ``uint8 (size, size, 3)``.
+
+    Adds a per-tile exposure/white-balance change and a little sensor noise, as between drone flights.
+    """
+    if kind not in ROCK_TYPES:
+        raise ValueError(f"unknown demo rock type {kind!r}; choose from {sorted(ROCK_TYPES)}")
+    if size < 8:
+        raise ValueError(f"demo tiles need size >= 8, got {size}")
+    img = ROCK_TYPES[kind](rng, size)
+    exposure = 0.9 + 0.2 * rng.random()
+    balance = 1.0 + (rng.random(3) * 2.0 - 1.0) * 0.04
+    noise = (rng.random((size, size, 3)) - 0.5) * (3.0 / 255.0)
+    img = img * exposure * balance + noise
+    return np.clip(np.floor(img * 255.0 + 0.5), 0, 255).astype(np.uint8)
+
+
+def tile_seed(seed: int, kind: str, i: int) -> list[int]:
+    """Seed words for tile ``i`` of ``kind``: independent of the other classes and of the number of tiles."""
+    return [int(seed), int.from_bytes(hashlib.sha256(kind.encode()).digest()[:4], "little"), int(i)]
+
+
+def generate_demo_tiles(kind: str, num: int, size: int = 96, seed: int = 0) -> np.ndarray:
+    """``num`` tiles of a kind -> ``uint8 (num, size, size, 3)``; tile ``i`` depends on (seed, kind, i)."""
+    out = np.empty((num, size, size, 3), dtype=np.uint8)
+    for i in range(num):
+        out[i] = make_demo_tile(kind, size, np.random.Generator(np.random.PCG64(tile_seed(seed, kind, i))))
+    return out
+
+
+def _manifest(num_per_class: int, size: int, seed: int, classes: Sequence[str]) -> dict:
+    return {
+        "generator": "rockgen.data.demo",
+        "version": DEMO_VERSION,
+        "seed": int(seed),
+        "size": int(size),
+        "num_per_class": int(num_per_class),
+        "classes": list(classes),
+        "counts": {c: int(num_per_class) for c in classes},
+    }
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write via a temporary file + rename: concurrent writers (one per node) never expose half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_demo_dataset(
+    out_dir: str | os.PathLike,
+    num_per_class: int = 64,
+    size: int = 96,
+    seed: int = 0,
+    classes: Sequence[str] | None = None,
+) -> Path:
+    """Write ``out_dir/<class>/<class>_0000.png`` for each class plus ``manifest.json``; returns ``out_dir``.
+
+    If ``out_dir/manifest.json`` already describes the same (version, seed, size, num_per_class, classes),
+    returns at once (cache). Otherwise regenerates (files of other classes or counts are left in place; the
+    loader then sees them, so point ``out_dir`` at a folder of its own).
+    """
+    classes = list(ROCK_TYPES) if classes is None else list(classes)
+    for kind in classes:
+        if kind not in ROCK_TYPES:
+            raise ValueError(f"unknown demo rock type {kind!r}; choose from {sorted(ROCK_TYPES)}")
+    if num_per_class < 1:
+        raise ValueError(f"num_per_class must be >= 1, got {num_per_class}")
+    out = Path(out_dir).expanduser()
+    manifest_path = out / "manifest.json"
+    wanted = _manifest(num_per_class, size, seed, classes)
+    if manifest_path.is_file():
+        try:
+            cached = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            cached = None
+        if isinstance(cached, dict) and {k: cached.get(k) for k in wanted} == wanted:
+            return out
+    digest = hashlib.sha256()
+    for kind in classes:
+        folder = out / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        tiles = generate_demo_tiles(kind, num_per_class, size, seed)
+        digest.update(tiles.tobytes())
+        for i, tile in enumerate(tiles):
+            image = Image.fromarray(tile)
+            _atomic_write(folder / f"{kind}_{i:04d}.png", lambda p, im=image: im.save(p, format="PNG"))
+    wanted["pixel_sha256"] = digest.hexdigest()
+    text = json.dumps(wanted, indent=2) + "\n"
+    _atomic_write(manifest_path, lambda p: Path(p).write_text(text))
+    return out
+
+
+def demo_grid(tiles_per_class: int = 8, size: int = 96, seed: int = 0, classes: Sequence[str] | None = None):
+    """A preview ``uint8`` image: one row per class, ``tiles_per_class`` tiles each, 2-px gaps."""
+    classes = list(ROCK_TYPES) if classes is None else list(classes)
+    gap = 2
+    rows, cols = len(classes), tiles_per_class
+    grid = np.full((rows * (size + gap) - gap, cols * (size + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, kind in enumerate(classes):
+        for c, tile in enumerate(generate_demo_tiles(kind, tiles_per_class, size, seed)):
+            grid[r * (size + gap) : r * (size + gap) + size, c * (size + gap) : c * (size + gap) + size] = (
+                tile
+            )
+    return grid

@@ -1,0 +1,1 @@
+"""LightningModules' shared pieces, the baselines' modules and checkpoint loading."""

@@ -1,0 +1,88 @@
+"""Pieces shared by every rockgen LightningModule: optimiser, input checks, NaN guard, image logging."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from rockgen.config import OptimConf
+
+CLASS_KEY = "rockgen_class"
+
+
+class RockgenModule(pl.LightningModule):
+    """Base class: records its own import path in each checkpoint so ``load_model`` can rebuild any module."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        cls = type(self)
+        checkpoint[CLASS_KEY] = f"{cls.__module__}:{cls.__qualname__}"
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], conf: OptimConf) -> dict[str, Any]:
+    """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps."""
+    params = [p for p in params if p.requires_grad]
+    kwargs = dict(lr=conf.lr, betas=tuple(conf.betas), weight_decay=conf.weight_decay)
+    if conf.name == "adamw":
+        opt = torch.optim.AdamW(params, **kwargs)
+    elif conf.name == "adam":
+        opt = torch.optim.Adam(params, **kwargs)
+    else:
+        raise ValueError(f"unknown optimizer {conf.name!r} (model.optim.name); choose adamw or adam")
+    if conf.warmup_steps <= 0:
+        return {"optimizer": opt}
+    warm = max(1, int(conf.warmup_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_images(x: Any, image_size: int, where: str) -> None:
+    """Raise a clear ValueError unless x is a (B, 3, S, S) float tensor in [-1, 1] at the model's resolution."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{where}: expected a (B, 3, H, W) tensor, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"{where}: expected a float tensor in [-1, 1], got dtype {x.dtype}")
+    if tuple(x.shape[-2:]) != (image_size, image_size):
+        raise ValueError(f"{where}: the model works at {image_size}x{image_size}, got {x.shape[-2]}x{x.shape[-1]} "
+                         "(resize or crop the images first)")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -1.01 or hi > 1.01:
+        raise ValueError(f"{where}: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (from [0, 1] use x * 2 - 1)")
+
+
+def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor) -> None:
+    """Stop training with a clear message on a NaN/Inf loss, on every rank at once (no DDP hang).
+
+    Raised before backward and the optimizer step, so the weights and the last checkpoint stay good.
+    """
+    bad = (~torch.isfinite(loss.detach())).float().reshape(())
+    trainer = module._trainer
+    if trainer is not None and trainer.world_size > 1:
+        bad = trainer.strategy.reduce(bad, reduce_op="sum")
+    if bad.item() > 0:
+        step = trainer.global_step if trainer is not None else "?"
+        ckpt = ""
+        if trainer is not None and trainer.checkpoint_callback is not None:
+            ckpt = f" The last good checkpoint in {trainer.checkpoint_callback.dirpath} is untouched."
+        raise FloatingPointError(
+            f"non-finite training loss ({loss.item()}) at global step {step}: stopping before the optimizer step."
+            f"{ckpt} Try a lower model.optim.lr, trainer.precision=32, or check the data for bad pixels."
+        )
+
+
+def log_image_file(module: pl.LightningModule, key: str, path: Path, caption: str = "") -> None:
+    """Send a PNG already written to the run directory to every W&B logger."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in module.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=module.global_step, caption=[caption])
+
+
+def run_dir_of(module: pl.LightningModule) -> Path:
+    """The run directory (the trainer's default_root_dir, set by run.py to Hydra's output dir)."""
+    return Path(module.trainer.default_root_dir)

@@ -1,0 +1,80 @@
+"""Validation of an autoencoder: reconstructions of held-out tiles with inferred and with random x_T.
+
+For each T in ``evaluation.T``: *inferred* x_T = DDIM-inversion of x0 (how well x_T + z_sem reproduce the tile)
+and *random* x_T ~ N(0, I) (what z_sem alone keeps). PSNR/SSIM (and LPIPS where its backbone weights exist)
+via torchmetrics, synchronised across DDP ranks; the first batch is written as a PNG grid on rank 0.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from rockgen.config import EvalConf
+from rockgen.lit.common import run_dir_of
+from rockgen.samplers import ddim_invert, ddim_sample
+from rockgen.visual import save_grid
+
+
+class ReconstructionEvaluator:
+    """Accumulates reconstruction metrics per (x_T kind, T); kept out of the module's state dict."""
+
+    def __init__(self, conf: EvalConf) -> None:
+        self.conf = conf
+        self.modes = [m for m, on in (("inferred", conf.inferred_xT), ("random", conf.random_xT)) if on]
+        self.metrics: dict[str, torch.nn.Module] | None = None
+        self._grid: list[torch.Tensor] | None = None
+
+    def start(self, module: pl.LightningModule) -> None:
+        if self.metrics is None:
+            from rockgen.metrics import ReconstructionMetrics
+
+            self.metrics = {f"{m}_T{T}": ReconstructionMetrics(lpips=None if self.conf.lpips else False)
+                            for m in self.modes for T in self.conf.T}
+        for metric in self.metrics.values():
+            metric.to(module.device)
+            metric.reset()
+        self._grid = None
+
+    @torch.no_grad()
+    def update(self, module, x: torch.Tensor, cond: torch.Tensor, batch_idx: int) -> None:
+        """Reconstruct a batch x (B, 3, H, W) in [-1, 1] with z_sem ``cond`` (B, D) at every T."""
+        fn = module.decoder_fn(cond)
+        d = module.diffusion_conf
+        kw = dict(clip_x0=d.clip_x0, prediction=d.prediction)
+        gen = torch.Generator(device=x.device).manual_seed(self.conf.seed + batch_idx)
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        target = ((x.float() + 1) / 2).clamp(0, 1)
+        rows: dict[str, torch.Tensor] = {}
+        for T in self.conf.T:
+            for mode in self.modes:
+                x_T = ddim_invert(fn, x, module.schedule, T, **kw) if mode == "inferred" else noise
+                rec = ((ddim_sample(fn, x_T, module.schedule, T, **kw).float() + 1) / 2).clamp(0, 1)
+                self.metrics[f"{mode}_T{T}"].update(rec, target)
+                rows[mode] = rec
+        if batch_idx == 0 and module.global_rank == 0:
+            n = self.conf.grid_images
+            self._grid = [target[:n].cpu()] + [r[:n].cpu() for r in rows.values()]
+
+    def finish(self, module: pl.LightningModule) -> tuple[dict[str, float], Path | None]:
+        """Compute (synchronised) scores and write the grid; returns ({"val/<mode>_T<T>/<metric>": v}, png)."""
+        if self.metrics is None or module.trainer.sanity_checking:
+            return {}, None
+        scores: dict[str, float] = {}
+        for name, metric in self.metrics.items():
+            for key, value in metric.compute().items():
+                scores[f"val/{name}/{key}"] = float(value)
+            metric.reset()
+        headline = f"{self.modes[0]}_T{max(self.conf.T)}" if self.modes else None
+        for key in ("psnr", "ssim", "lpips"):
+            if headline and f"val/{headline}/{key}" in scores:
+                scores[f"val/{key}"] = scores[f"val/{headline}/{key}"]
+        path = None
+        if self._grid is not None:
+            rows = self._grid
+            path = run_dir_of(module) / "images" / f"val_step{module.global_step:07d}.png"
+            save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
+            self._grid = None
+        return scores, path

@@ -1,0 +1,234 @@
+"""UNet building blocks of DiffAE: ResBlock with two-condition AdaGN, QKV self-attention, resamplers.
+
+Module and parameter names follow the official code (phizaz/diffae `model/blocks.py`) one to one
+(`in_layers.{0,2}`, `emb_layers.1`, `cond_emb_layers.1`, `out_layers.{0,3}`, `skip_connection`, `norm`,
+`qkv`, `proj_out`), so official state dicts load without renaming inside a block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from rockgen.models.nn import GroupNorm32, zero_module
+
+
+def _upsample(x: torch.Tensor) -> torch.Tensor:
+    """Nearest-neighbour ×2: (B, C, H, W) -> (B, C, 2H, 2W)."""
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+def _downsample(x: torch.Tensor) -> torch.Tensor:
+    """2×2 average pool: (B, C, H, W) -> (B, C, H/2, W/2)."""
+    return F.avg_pool2d(x, kernel_size=2, stride=2)
+
+
+class ResBlock(nn.Module):
+    """Residual block; AdaGN with time and optional z_sem when conditioned, the official single-conv block if not.
+
+    Conditioned (emb_channels set), official `ResBlock(two_cond=True)`:
+        h = conv3x3(SiLU(GN(x)))                                   # in_layers, (B, C_out, H, W)
+        (t_s, t_b) = Linear(SiLU(t_emb)).chunk(2)                  # emb_layers, (B, C_out, 1, 1) each
+        z_s = Linear(SiLU(z_sem))                                  # cond_emb_layers (only if cond_channels)
+        h = (1 + z_s) * ((1 + t_s) * GN(h) + t_b)                  # AdaGN(h, t, z), paper eq. (7)
+        out = skip(x) + conv3x3_zero_init(Dropout(SiLU(h)))        # out_layers
+    Unconditioned (emb_channels=None): the official encoder quirk -- `out_layers` only exist with a condition,
+    so the block is out = skip(x) + conv3x3(SiLU(GN(x))) with one conv and (by default) no dropout.
+    up/down resample after GN+SiLU, before the first conv, and the skip input too (BigGAN-style up/down block).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int | None = None,
+        emb_channels: int | None = 512,
+        cond_channels: int | None = None,
+        dropout: float = 0.0,
+        up: bool = False,
+        down: bool = False,
+    ):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        if up and down:
+            raise ValueError("ResBlock: up and down are mutually exclusive")
+        if emb_channels is None and cond_channels is not None:
+            raise ValueError("ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)")
+        self.resample = _upsample if up else _downsample if down else None
+        self.dropout = dropout
+        self.in_layers = nn.Sequential(
+            GroupNorm32(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        )
+        self.emb_layers = self.cond_emb_layers = self.out_layers = None
+        if emb_channels is not None:
+            self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, 2 * out_channels))
+            if cond_channels is not None:
+                self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(cond_channels, out_channels))
+            self.out_layers = nn.Sequential(
+                GroupNorm32(out_channels),
+                nn.SiLU(),
+                nn.Dropout(dropout),
+                # Zero init: every residual branch starts as the identity, which DiffAE found to help training.
+                zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            )
+        self.skip_connection = (
+            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(
+        self, x: torch.Tensor, emb: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C_in, H, W), emb (B, emb_channels), cond (B, cond_channels) -> (B, C_out, H', W')."""
+        norm, act, conv = self.in_layers
+        h = act(norm(x))
+        if self.resample is not None:
+            h = self.resample(h)
+            x = self.resample(x)
+        if self.out_layers is None:
+            if self.dropout > 0:  # not in the official encoder; 0.0 reproduces it
+                h = F.dropout(h, self.dropout, self.training)
+            return self.skip_connection(x) + conv(h)
+
+        h = conv(h)
+        if emb is None:
+            raise ValueError("ResBlock: this block is time-conditioned and needs emb")
+        # (B, 2C) -> (B, 2C, 1, 1): broadcasting over H, W keeps channels_last tensors channels_last.
+        t_scale, shift = self.emb_layers(emb)[:, :, None, None].chunk(2, dim=1)
+        scale = 1 + t_scale
+        if self.cond_emb_layers is not None:
+            if cond is None:
+                raise ValueError("ResBlock: this block is z_sem-conditioned and needs cond")
+            z_scale = 1 + self.cond_emb_layers(cond)[:, :, None, None]
+            # Fold (1+z_s) into the (B, C, 1, 1) affine: one full-size multiply-add instead of three.
+            scale = scale * z_scale
+            shift = shift * z_scale
+        norm, act, drop, conv = self.out_layers
+        h = torch.addcmul(shift, norm(h), scale)
+        return self.skip_connection(x) + conv(drop(act(h)))
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over H·W positions with a residual; official AttentionBlock via SDPA.
+
+    x (B, C, H, W) -> GN -> qkv 1x1 (C -> 3C) -> softmax(q·kᵀ/√d)·v per head -> zero-init 1x1 proj -> + x.
+    The qkv channels use the official *legacy* layout [head][q|k|v][d] (QKVAttentionLegacy), so official
+    weights load unchanged for any head count; √d scaling equals the legacy q·d^-1/4, k·d^-1/4.
+    """
+
+    def __init__(self, channels: int, num_heads: int = 1):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"AttentionBlock: num_heads={num_heads} must divide channels={channels}")
+        self.num_heads = num_heads
+        self.norm = GroupNorm32(channels)
+        # Conv1d parameters (3C, C, 1) as in the official checkpoints; applied below as a linear map.
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, H, W)."""
+        b, c, height, width = x.shape
+        length, d = height * width, c // self.num_heads
+        # (B, C, H, W) -> (B, L, C): a free view when x is channels_last, so qkv is one plain GEMM.
+        h = self.norm(x).flatten(2).transpose(1, 2)
+        qkv = F.linear(h, self.qkv.weight[..., 0], self.qkv.bias)  # (B, L, 3C)
+        q, k, v = qkv.view(b, length, self.num_heads, 3, d).permute(3, 0, 2, 1, 4).unbind(0)  # (B, nh, L, d)
+        a = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(d); (B, nh, L, d)
+        a = a.transpose(1, 2).reshape(b, length, c)  # heads back to channels [head][d]
+        out = F.linear(a, self.proj_out.weight[..., 0], self.proj_out.bias)  # (B, L, C)
+        # (B, L, C) -> (B, C, H, W) as a channels_last view, no copy.
+        return x + out.transpose(1, 2).view(b, c, height, width)
+
+
+class Downsample(nn.Module):
+    """Strided conv3x3 ÷2 (only used with resblock_updown=False, official conv_resample=True)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, H/2, W/2)."""
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    """Nearest ×2 then conv3x3 (only used with resblock_updown=False, official conv_resample=True)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) -> (B, C, 2H, 2W)."""
+        return self.conv(_upsample(x))
+
+
+class CondSequential(nn.Sequential):
+    """nn.Sequential that passes (emb, cond) to its ResBlocks only (official TimestepEmbedSequential)."""
+
+    def forward(
+        self, h: torch.Tensor, emb: torch.Tensor | None = None, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for layer in self:
+            h = layer(h, emb, cond) if isinstance(layer, ResBlock) else layer(h)
+        return h
+
+
+def run_block(
+    block: CondSequential,
+    h: torch.Tensor,
+    emb: torch.Tensor | None,
+    cond: torch.Tensor | None,
+    use_checkpoint: bool,
+) -> torch.Tensor:
+    """Apply block, recomputing its activations in backward when use_checkpoint (trades ~30% compute for memory)."""
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(block, h, emb, cond, use_reentrant=False)
+    return block(h, emb, cond)
+
+
+def build_down_path(
+    make_block: Callable[..., ResBlock],
+    in_channels: int,
+    image_size: int,
+    model_channels: int,
+    channel_mult: Sequence[int],
+    num_res_blocks: int,
+    attention_resolutions: Sequence[int],
+    num_heads: int,
+    resblock_updown: bool,
+) -> tuple[nn.ModuleList, list[int], int]:
+    """Build conv-in + the per-level ResBlocks (+attn) and down blocks shared by the UNet and the encoder.
+
+    Returns (input_blocks, channels of every block output in order -- the U-Net laterals, final width).
+    Official layout (`unet.py:98-190`): level l has num_res_blocks ResBlocks to width model_channels·mult[l]
+    (+ attention when the current resolution is listed), then one down block unless it is the last level.
+    """
+    ch = model_channels * channel_mult[0]
+    blocks = nn.ModuleList([CondSequential(nn.Conv2d(in_channels, ch, 3, padding=1))])
+    widths = [ch]
+    resolution = image_size
+    for level, mult in enumerate(channel_mult):
+        for _ in range(num_res_blocks):
+            layers: list[nn.Module] = [make_block(ch, model_channels * mult)]
+            ch = model_channels * mult
+            if resolution in attention_resolutions:
+                layers.append(AttentionBlock(ch, num_heads))
+            blocks.append(CondSequential(*layers))
+            widths.append(ch)
+        if level != len(channel_mult) - 1:
+            blocks.append(CondSequential(make_block(ch, ch, down=True) if resblock_updown else Downsample(ch)))
+            widths.append(ch)
+            resolution //= 2
+    return blocks, widths, ch
+
+
+def build_middle_block(make_block: Callable[..., ResBlock], channels: int, num_heads: int) -> CondSequential:
+    """ResBlock -> attention -> ResBlock at the lowest resolution (official `middle_block`)."""
+    return CondSequential(
+        make_block(channels, channels), AttentionBlock(channels, num_heads), make_block(channels, channels)
+    )

@@ -1,0 +1,91 @@
+"""The DiffAE semantic encoder: a half-UNet that maps an image to the semantic code z_sem.
+
+Re-implements the official `BeatGANsEncoderModel` with `use_time_condition=False` and pool
+`'adaptivenonzero'` (phizaz/diffae `model/unet.py:377-535`). Because the official ResBlock only builds its
+`out_layers` when it has a condition, every encoder ResBlock is a single-conv block x + conv3x3(SiLU(GN(x)));
+we reproduce that so official encoder weights load under the same names (`input_blocks.*`, `middle_block.*`,
+`out.3.*`). There is no regulariser and no normalisation on z_sem: it is whatever the last 1x1 conv outputs.
+
+Usage:
+    enc = SemanticEncoder(EncoderConfig(image_size=64))
+    z_sem = enc(x0)    # x0 (B, 3, 64, 64) in [-1, 1] -> (B, 512)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from rockgen.models.blocks import ResBlock, build_down_path, build_middle_block, run_block
+from rockgen.models.nn import GroupNorm32, as_tuple, check_ladder, to_config
+
+
+@dataclass
+class EncoderConfig:
+    """Semantic-encoder hyper-parameters; defaults = official ffhq64_autoenc encoder (rock64)."""
+
+    image_size: int = 64
+    in_channels: int = 3
+    model_channels: int = 64
+    channel_mult: Sequence[int] = (1, 2, 4, 8, 8)  # official: one level deeper than the decoder (down to 4x4)
+    num_res_blocks: int = 2
+    attention_resolutions: Sequence[int] = (16,)
+    out_channels: int = 512  # z_sem width; must equal the decoder's cond_channels
+    dropout: float = 0.0  # before each single conv; 0.0 = official (its encoder blocks have no dropout)
+    num_heads: int = 1
+    resblock_updown: bool = True
+    gradient_checkpointing: bool = False
+
+
+class SemanticEncoder(nn.Module):
+    """z_sem = Enc(x0): down path + middle block -> GN -> SiLU -> global average pool -> 1x1 conv -> (B, out)."""
+
+    def __init__(self, cfg: EncoderConfig):
+        super().__init__()
+        cfg = to_config(cfg, EncoderConfig)
+        mult, attn = as_tuple(cfg.channel_mult), as_tuple(cfg.attention_resolutions)
+        check_ladder(
+            "EncoderConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads
+        )
+        for name in ("in_channels", "out_channels"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        self.cfg = cfg
+        self.gradient_checkpointing = cfg.gradient_checkpointing
+
+        # No time condition at all: emb_channels=None selects the official single-conv ResBlock.
+        make_block = partial(ResBlock, emb_channels=None, cond_channels=None, dropout=cfg.dropout)
+        self.input_blocks, _, ch = build_down_path(
+            make_block,
+            cfg.in_channels,
+            cfg.image_size,
+            cfg.model_channels,
+            mult,
+            cfg.num_res_blocks,
+            attn,
+            cfg.num_heads,
+            cfg.resblock_updown,
+        )
+        self.middle_block = build_middle_block(make_block, ch, cfg.num_heads)
+        self.out = nn.Sequential(
+            GroupNorm32(ch),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),  # any input size -> (B, C, 1, 1)
+            nn.Conv2d(ch, cfg.out_channels, 1),
+            nn.Flatten(),  # (B, out_channels)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) in [-1, 1] -> z_sem (B, out_channels)."""
+        ckpt = self.gradient_checkpointing and self.training
+        h = x
+        for block in self.input_blocks:
+            h = run_block(block, h, None, None, ckpt)
+        h = run_block(self.middle_block, h, None, None, ckpt)
+        return self.out(h)

@@ -1,0 +1,119 @@
+"""The latent DDIM denoiser: an MLP with input skips that predicts ε for normalised z_sem (stage 2 of DiffAE).
+
+Re-implements the official `MLPSkipNet` (phizaz/diffae `model/latentnet.py:49-193`, template
+`latent_mlp_2048_norm_10layers`): 54.11 M parameters with the default config.
+
+Official key mapping: `time_embed.{0,2}.*` and `layers.{i}.{linear,norm}.*` are identical; the official
+`layers.{i}.linear_emb.*` and `layers.{i}.cond_layers.1.*` are the *same* tensor registered twice -- load
+`cond_layers.1.*` and drop `linear_emb.*`.
+
+Usage:
+    net = MLPSkipNet(LatentMLPConfig())
+    eps = net(z_t, t)    # z_t (B, 512), t (B,) in [0, 999] -> (B, 512)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rockgen.models.nn import as_tuple, timestep_embedding, to_config
+
+
+@dataclass
+class LatentMLPConfig:
+    """MLPSkipNet hyper-parameters; defaults = official latent_mlp_2048_norm_10layers."""
+
+    num_channels: int = 512  # z_sem width D
+    hidden_channels: int = 2048  # H
+    num_layers: int = 10  # official 10 (FFHQ/CelebA), 20 (horse/bedroom)
+    time_channels: int = 64  # sinusoidal timestep-embedding width
+    time_embed_channels: int = 512  # width of the time MLP output that scales every hidden layer
+    skip_layers: Sequence[int] | None = None  # layers that also see cat([h, x]); None = all but layer 0
+    use_norm: bool = True  # LayerNorm after the time scaling in hidden layers
+    dropout: float = 0.0  # after the activation of hidden layers
+
+
+class MLPLNAct(nn.Module):
+    """One MLP layer: h = Linear(x); h = h·(1 + Linear(SiLU(t_emb))); LayerNorm; SiLU; Dropout (official order)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        cond_channels: int | None,
+        use_norm: bool,
+        activation: bool,
+        dropout: float,
+    ):
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels)
+        self.cond_layers = (
+            nn.Sequential(nn.SiLU(), nn.Linear(cond_channels, out_channels)) if cond_channels else None
+        )
+        self.norm = nn.LayerNorm(out_channels) if use_norm else nn.Identity()
+        self.act = nn.SiLU() if activation else nn.Identity()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if activation:
+            # Official: Kaiming-normal (ReLU gain) for the SiLU layers, PyTorch default init otherwise.
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.kaiming_normal_(module.weight, a=0, nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
+        """x (B, in), t_emb (B, cond) -> (B, out)."""
+        h = self.linear(x)
+        if self.cond_layers is not None:
+            # Scale only, and *before* the norm (condition_bias = 1), as in the official code.
+            h = h * (1 + self.cond_layers(t_emb))
+        return self.dropout(self.act(self.norm(h)))
+
+
+class MLPSkipNet(nn.Module):
+    """ε̂ = f(z_t, t): layer 0 D->H, hidden layers cat([h, z_t]) -> H, last cat([h, z_t]) -> D with no cond/norm/act."""
+
+    def __init__(self, cfg: LatentMLPConfig):
+        super().__init__()
+        cfg = to_config(cfg, LatentMLPConfig)
+        if cfg.num_layers < 2:
+            raise ValueError(f"LatentMLPConfig.num_layers must be >= 2, got {cfg.num_layers}")
+        for name in ("num_channels", "hidden_channels", "time_channels", "time_embed_channels"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"LatentMLPConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+        if not 0.0 <= cfg.dropout < 1.0:
+            raise ValueError(f"LatentMLPConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        skips = range(1, cfg.num_layers) if cfg.skip_layers is None else as_tuple(cfg.skip_layers)
+        if any(not 0 <= i < cfg.num_layers for i in skips):
+            raise ValueError(f"LatentMLPConfig.skip_layers must be in [0, {cfg.num_layers}), got {list(skips)}")
+        self.cfg = cfg
+        self.skip = tuple(i in set(skips) for i in range(cfg.num_layers))
+
+        d, hid, emb = cfg.num_channels, cfg.hidden_channels, cfg.time_embed_channels
+        self.time_embed = nn.Sequential(nn.Linear(cfg.time_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+        self.layers = nn.ModuleList()
+        for i in range(cfg.num_layers):
+            last = i == cfg.num_layers - 1
+            in_ch = (d if i == 0 else hid) + (d if self.skip[i] else 0)
+            self.layers.append(
+                MLPLNAct(
+                    in_ch,
+                    d if last else hid,
+                    cond_channels=None if last else emb,
+                    use_norm=cfg.use_norm and not last,
+                    activation=not last,
+                    dropout=0.0 if last else cfg.dropout,
+                )
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x = z̃_t (B, D) normalised noisy z_sem, t (B,) in [0, 999] -> ε̂ (B, D)."""
+        t_emb = timestep_embedding(t, self.cfg.time_channels).to(self.time_embed[0].weight.dtype)
+        t_emb = self.time_embed(t_emb)  # (B, time_embed_channels)
+        h = x
+        for layer, skip in zip(self.layers, self.skip, strict=True):
+            # Re-inject the input so a deep MLP keeps direct access to z_t (official skip_layers).
+            h = layer(torch.cat([h, x], dim=1) if skip else h, t_emb)
+        return h

@@ -1,0 +1,41 @@
+"""Tasks run by ``run.py``: each is ``fn(cfg) -> dict`` of results, selected by ``task=<name>``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+TASKS = {
+    "train": "rockgen.tasks.train:train",
+}
+
+
+def run_task(cfg: DictConfig) -> dict[str, Any]:
+    """Dispatch ``cfg.task_name`` and print the run directory at the end (rank 0)."""
+    name = cfg.task_name
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    module, fn = TASKS[name].split(":")
+    result = getattr(importlib.import_module(module), fn)(cfg)
+    _announce(Path(cfg.paths.run_dir))
+    return result
+
+
+@rank_zero_only
+def _announce(run_dir: Path) -> None:
+    print(f"\nRun directory: {run_dir.resolve()}", flush=True)
+
+
+@rank_zero_only
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a results file (rank 0 only)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

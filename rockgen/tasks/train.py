@@ -1,0 +1,56 @@
+"""``task=train``: fit the module the template describes, resuming when the run has a last checkpoint."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from rockgen.tasks import write_json
+from rockgen.tasks.build import build_trainer
+
+log = logging.getLogger(__name__)
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: ``ckpt_path`` (a path or "last"), or with ``resume=auto`` this run's last."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if cfg.resume not in ("auto", "never"):
+        raise ValueError(f"resume must be auto or never, got {cfg.resume!r}")
+    if cfg.ckpt_path == "last":
+        if not last.is_file():
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist (nothing to resume in {run_dir})")
+        return str(last)
+    if cfg.ckpt_path:
+        path = Path(cfg.ckpt_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"ckpt_path: checkpoint not found: {path}")
+        return str(path)
+    if last.is_file():
+        if cfg.resume == "never":
+            raise FileExistsError(f"{run_dir} already holds checkpoints and resume=never: choose another "
+                                  "run_name=... or resume=auto to continue it")
+        log.info("Resuming from %s (resume=auto)", last)
+        return str(last)
+    return None
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then write ``metrics.json`` (last logged values) into the run directory."""
+    pl.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.paths.run_dir)
+    ckpt = resolve_resume(cfg, run_dir)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    trainer = build_trainer(cfg, run_dir)
+    if ckpt:
+        print(f"Resuming from {ckpt}", flush=True)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics["global_step"] = trainer.global_step
+    write_json(run_dir / "metrics.json", metrics)
+    return {"metrics": metrics, "trainer": trainer, "model": model, "run_dir": run_dir}

@@ -1,0 +1,100 @@
+"""End to end: the Hydra app trains the tiny demo, writes its outputs, resumes, and the checkpoint loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, compose_config
+
+from experiment import LitModel
+from rockgen.tasks.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run shared by the tests of this file: 3 steps, validation and checkpoints."""
+    run_dir = tmp_path_factory.mktemp("run")
+    from conftest import TINY
+
+    out = train(compose_config(TINY, run_dir))
+    return run_dir, out
+
+
+def test_run_directory_has_checkpoint_grid_and_metrics(trained):
+    run_dir, out = trained
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(p.name for p in (run_dir / "images").glob("val_step*.png")) == ["val_step0000003.png"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 3
+    for key in ("val/psnr", "val/ssim", "val/inferred_T2/psnr", "val/random_T2/ssim", "train/loss"):
+        assert key in metrics, key
+    assert "val/lpips" not in metrics  # no AlexNet weights in the test TORCH_HOME: never a fake LPIPS
+    assert (run_dir / "csv" / "metrics.csv").is_file()
+
+
+def test_resume_continues_step_count_and_optimizer(trained, tiny_overrides):
+    run_dir, out = trained
+    before = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    res = train(compose_config([*tiny_overrides, "trainer.max_steps=5"], run_dir))
+    assert res["trainer"].global_step == 5
+    after = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert before["global_step"] == 3 and after["global_step"] == 5
+    # Adam's step counter continued from the checkpoint instead of restarting at 0
+    steps = {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()}
+    assert steps == {5.0}
+
+
+def test_resume_never_refuses_to_overwrite(trained, tiny_overrides):
+    run_dir, _ = trained
+    with pytest.raises(FileExistsError, match="resume=auto"):
+        train(compose_config([*tiny_overrides, "resume=never"], run_dir))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, tiny_overrides):
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        train(compose_config([*tiny_overrides, f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path))
+
+
+def test_checkpoint_api_encode_invert_render(trained):
+    run_dir, _ = trained
+    model = LitModel.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
+                                          weights_only=True)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (2, 128)
+    x_T = model.encode_stochastic(x, z, T=5)
+    assert x_T.shape == x.shape and torch.isfinite(x_T).all()
+    img = model.render(x_T, z, T=5)
+    assert img.shape == x.shape and img.min() >= 0 and img.max() <= 1
+    with pytest.raises(ValueError, match="32x32"):
+        model.encode(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        model.encode(torch.full((1, 3, 32, 32), 255.0))
+    with pytest.raises(RuntimeError, match="latent"):
+        model.render(x_T)  # no latent DDIM in an autoencoder-only checkpoint
+
+
+def test_cli_trains_prints_run_dir_and_logs_wandb_offline(tmp_path):
+    env = dict(os.environ, WANDB_MODE="offline")
+    run_dir = tmp_path / "cli-run"
+    from conftest import TINY
+
+    cmd = [sys.executable, "run.py", *[o for o in TINY if not o.startswith("logger")],
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Run directory: {run_dir.resolve()}" in proc.stdout
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B should log offline into the run directory"
+
+
+def test_unknown_key_fails_with_hydra_error(tmp_path):
+    proc = subprocess.run([sys.executable, "run.py", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "max_stepz" in proc.stderr
