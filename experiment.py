@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -33,6 +34,8 @@ from rockgen.models import DiffAE, EncoderConfig, UNetConfig
 from rockgen.samplers import ddim_invert, ddim_sample
 
 log = logging.getLogger(__name__)
+# The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
 
 
 class LitModel(RockgenModule):

@@ -34,7 +34,7 @@ def test_run_directory_has_checkpoint_grid_and_metrics(trained):
     for key in ("val/psnr", "val/ssim", "val/inferred_T2/psnr", "val/random_T2/ssim", "train/loss"):
         assert key in metrics, key
     assert "val/lpips" not in metrics  # no AlexNet weights in the test TORCH_HOME: never a fake LPIPS
-    assert (run_dir / "csv" / "metrics.csv").is_file()
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
 
 
 def test_resume_continues_step_count_and_optimizer(trained, tiny_overrides):

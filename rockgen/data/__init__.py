@@ -1,5 +1,4 @@
-"""Rock image data: file discovery and decoding rules, square-tile datasets, demo rocks, the Lightning
-DataModule.
+"""Rock image data: finding and decoding files, square-tile datasets, demo rocks, the Lightning DataModule.
 
 Import order is one-way: ``images`` (Pillow/numpy) <- ``tiles`` (+ torch) <- ``datamodule`` (+ Lightning);
 ``demo`` needs numpy and Pillow only. Nothing here imports Hydra.

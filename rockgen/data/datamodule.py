@@ -1,5 +1,4 @@
-"""``TileDataModule``: image folders (or the embedded demo rocks) -> train / val / predict loaders of square
-tiles.
+"""``TileDataModule``: image folders or the demo rocks -> train / val / predict loaders of square tiles.
 
 Every constructor argument is a plain type, so Hydra can instantiate it from ``configs/data/*.yaml``. Batches
 are ``{"img": (B, 3, S, S) float32 in [-1, 1], "index": (B,) int64, "source": (B,) int64}``.
@@ -58,7 +57,7 @@ class TileDataModule(pl.LightningDataModule):
         val_fraction, split_seed: deterministic held-out fraction of source files (see ``split_files``).
         val_max_items: cap on validation tiles (evenly spaced); ``None`` = all.
         crop: ``"random"`` crops or ``"grid"`` tiles for training (and grid vs centre crop for predict).
-        augment: ``{"hflip", "vflip", "rot90"}`` booleans for training.
+        augment: ``{"hflip", "vflip", "rot90"}`` booleans for training (default all on; ``{}`` = none).
         zoom: keep only ``{z}/{x}/{y}.ext`` files with ``z == zoom`` (web-map pyramids); ``None`` = all files.
         xyz_split_block: XYZ tiles are split train/val in ``block x block`` squares so that neighbouring
             tiles do not leak across the split; ``None``/0 = per file.
@@ -120,6 +119,8 @@ class TileDataModule(pl.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self._files: list[str] | None = None
         self._sizes: list[tuple[int, int]] = []
+        self.train_files: list[str] = []  # after setup("fit"): the split, for logging / reproducibility
+        self.val_files: list[str] = []
         self.train_set: TileDataset | None = None
         self.val_set: TileDataset | Subset | None = None
         self.predict_set: TileDataset | None = None
@@ -189,6 +190,7 @@ class TileDataModule(pl.LightningDataModule):
             train_files, val_files = split_files(
                 self._files, self.val_fraction, self.split_seed, root=self.data_root, groups=groups
             )
+            self.train_files, self.val_files = train_files, val_files
             if not train_files:
                 raise ValueError(f"no training files left after the validation split of {self.data_root}")
             mode = "random_crop" if self.crop == "random" else "grid"

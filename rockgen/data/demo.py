@@ -53,6 +53,11 @@ def _lattice_sample(lat: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray
     return top + (bottom - top) * fu
 
 
+def _sq(x):
+    """``x * x`` as a product: ``**`` may go through libm ``pow``, whose last bit varies by platform."""
+    return x * x
+
+
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel-centre coordinates ``yy, xx`` of shape ``(h, w)``."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
@@ -147,7 +152,8 @@ def cell_voronoi(rng: Rng, yy: np.ndarray, xx: np.ndarray, spacing: float, size_
     for oy in range(-2, 3):
         for ox in range(-2, 3):
             j, i = cy + oy, cx + ox
-            d = (yy - seeds[j, i, 0]) ** 2 + (xx - seeds[j, i, 1]) ** 2 - weights[j, i]
+            dy, dx = yy - seeds[j, i, 0], xx - seeds[j, i, 1]
+            d = dy * dy + dx * dx - weights[j, i]
             closer = d < f1
             f2 = np.where(closer, f1, np.minimum(f2, d))
             f1 = np.where(closer, d, f1)
@@ -156,7 +162,7 @@ def cell_voronoi(rng: Rng, yy: np.ndarray, xx: np.ndarray, spacing: float, size_
 
 
 def _pick(rng: Rng, palette: np.ndarray, n: int, jitter: float) -> np.ndarray:
-    """``n`` colours drawn from ``palette`` (k, 3) with +-``jitter`` brightness and +-jitter/3 per channel."""
+    """``n`` colours drawn from ``palette`` (k, 3) with +-``jitter`` brightness and +-jitter/5 per channel."""
     base = palette[rng.integers(0, len(palette), n)]
     bright = 1.0 + (rng.random((n, 1)) * 2.0 - 1.0) * jitter
     tint = 1.0 + (rng.random((n, 3)) * 2.0 - 1.0) * (jitter / 5.0)
@@ -187,15 +193,16 @@ def _cobbles(rng: Rng, size: int) -> np.ndarray:
     grain = fbm(rng, yy, xx, 6.0, 3)
     colour = matrix_col * (0.85 + 0.3 * grain)[..., None] * (0.9 + 0.2 * rng.random((size, size, 1)))
     height = 1.5 * fbm(rng, yy, xx, 20.0, 2)
-    # Rejection-sample stone centres; radii 4..15 px (8-30 cm), larger first so small ones fill the gaps.
+    # Rejection-sample stones, radii 4..15 px (8-30 cm) skewed small; neighbours may touch, barely overlap.
     stones: list[tuple[float, float, float]] = []
     target = int(size * size / 150) + 4
     for _ in range(target * 12):
         if len(stones) >= target:
             break
-        r = 4.0 + 11.0 * rng.random() ** 2
+        u = rng.random()
+        r = 4.0 + 11.0 * u * u
         cy, cx = rng.random(2) * (size + 2 * r) - r
-        if all((cy - sy) ** 2 + (cx - sx) ** 2 > (0.85 * (r + sr)) ** 2 for sy, sx, sr in stones):
+        if all(_sq(cy - sy) + _sq(cx - sx) > _sq(0.85 * (r + sr)) for sy, sx, sr in stones):
             stones.append((cy, cx, r))
     edge = value_noise(rng, yy, xx, 5.0) - 0.5
     speckles = [fbm(rng, yy, xx, cell, 2) for cell in (2.0, 3.5, 6.0)]
@@ -234,13 +241,14 @@ def _layered(rng: Rng, size: int) -> np.ndarray:
     lo, hi = float(depth.min()) - 1.0, float(depth.max()) + 1.0
     tops = [lo]
     while tops[-1] < hi:
-        tops.append(tops[-1] + 2.0 + 20.0 * rng.random() ** 2)
+        u = rng.random()
+        tops.append(tops[-1] + 2.0 + 20.0 * u * u)
     tops_arr = np.asarray(tops)
     bed = np.clip(np.searchsorted(tops_arr, depth, side="right") - 1, 0, len(tops) - 1)
     n_beds = len(tops)
     lith = rng.integers(0, len(BED_COLOURS), n_beds)
-    for i in range(1, n_beds):  # beds repeat in cycles: often the same lithology as two beds below
-        if rng.random() < 0.35 and i >= 2:
+    for i in range(2, n_beds):  # beds repeat in cycles: often the same lithology as two beds below
+        if rng.random() < 0.35:
             lith[i] = lith[i - 2]
     cols = BED_COLOURS[lith] * (0.9 + 0.2 * rng.random((n_beds, 1)))
     hardness = rng.random(n_beds)
@@ -249,7 +257,7 @@ def _layered(rng: Rng, size: int) -> np.ndarray:
     tone = 0.9 + 0.12 * lamination + 0.06 * (fbm(rng, yy, xx, 5.0, 3) - 0.5)
     colour = cols[bed] * tone[..., None] * (0.95 + 0.1 * rng.random((size, size, 1)))
     # Resistant beds stand proud with rounded edges; soft beds are recessed.
-    height = 2.5 * hardness[bed] * (1.0 - (2.0 * within - 1.0) ** 4) + 0.6 * lamination
+    height = 2.5 * hardness[bed] * (1.0 - _sq(_sq(2.0 * within - 1.0))) + 0.6 * lamination
     shade = hillshade(blur(height), light) * cast_shadow(height, light, steps=3)
     return colour * shade[..., None]
 
@@ -281,7 +289,6 @@ def _fractured(rng: Rng, size: int) -> np.ndarray:
         phase = normal + wavy + rng.random() * spacing
         dist = np.abs(phase - spacing * np.floor(phase / spacing + 0.5))  # distance to the nearest joint
         line_id = np.floor(phase / spacing + 0.5)
-        # Joints end and restart: an on/off noise along strike, different for each joint.
         # Joints end and restart: a slow on/off noise along strike, different for each joint.
         lat = rng.random((64, 64))
         present = _lattice_sample(lat, line_id * 3.7, strike / 45.0) > 0.25 + 0.3 * rng.random()
@@ -415,9 +422,9 @@ def write_demo_dataset(
 ) -> Path:
     """Write ``out_dir/<class>/<class>_0000.png`` for each class plus ``manifest.json``; returns ``out_dir``.
 
-    If ``out_dir/manifest.json`` already describes the same (version, seed, size, num_per_class, classes),
-    returns at once (cache). Otherwise regenerates (files of other classes or counts are left in place; the
-    loader then sees them, so point ``out_dir`` at a folder of its own).
+    If ``out_dir/manifest.json`` already describes the same (version, seed, size, num_per_class, classes) and
+    every tile file exists, returns at once (cache). Otherwise regenerates; files of other classes or counts
+    are left in place and the loader would see them, so give ``out_dir`` a folder of its own.
     """
     classes = list(ROCK_TYPES) if classes is None else list(classes)
     for kind in classes:
@@ -433,8 +440,10 @@ def write_demo_dataset(
             cached = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             cached = None
+        expected = [out / k / f"{k}_{i:04d}.png" for k in classes for i in range(num_per_class)]
         if isinstance(cached, dict) and {k: cached.get(k) for k in wanted} == wanted:
-            return out
+            if all(p.is_file() for p in expected):  # a deleted tile makes the cache stale
+                return out
     digest = hashlib.sha256()
     for kind in classes:
         folder = out / kind
@@ -453,12 +462,9 @@ def write_demo_dataset(
 def demo_grid(tiles_per_class: int = 8, size: int = 96, seed: int = 0, classes: Sequence[str] | None = None):
     """A preview ``uint8`` image: one row per class, ``tiles_per_class`` tiles each, 2-px gaps."""
     classes = list(ROCK_TYPES) if classes is None else list(classes)
-    gap = 2
-    rows, cols = len(classes), tiles_per_class
-    grid = np.full((rows * (size + gap) - gap, cols * (size + gap) - gap, 3), 255, dtype=np.uint8)
+    step = size + 2
+    grid = np.full((len(classes) * step - 2, tiles_per_class * step - 2, 3), 255, dtype=np.uint8)
     for r, kind in enumerate(classes):
         for c, tile in enumerate(generate_demo_tiles(kind, tiles_per_class, size, seed)):
-            grid[r * (size + gap) : r * (size + gap) + size, c * (size + gap) : c * (size + gap) + size] = (
-                tile
-            )
+            grid[r * step : r * step + size, c * step : c * step + size] = tile
     return grid

@@ -22,10 +22,10 @@ Every decoded image is a ``uint8`` array ``(H, W, 3)``. The rule, per Pillow mod
   - ``"minmax"``: per image from its actual min..max (a constant image maps to 0). Useful for a folder of
     unrelated scans; breaks comparability between tiles.
   - ``(lo, hi)``: an explicit range, e.g. ``(0, 4095)`` for a 12-bit sensor stored in 16-bit files.
-* 16-bit **RGB/RGBA** TIFFs: Pillow itself reduces them to 8 bits by keeping the high byte (``v >> 8``), which
-  is the full-range rule rounded down (at most one level below ``round(v * 255 / 65535)``). ``"minmax"`` and
-  ``(lo, hi)`` are then applied to the 8-bit values (``(lo, hi)`` scaled by 1/257), so precision below 1/256
-  is lost.
+* 16-bit **RGB/RGBA** files (TIFF, PNG): Pillow itself reduces them to 8 bits by keeping the high byte
+  (``v >> 8``), which is the full-range rule rounded down (at most 1 level below ``round(v * 255 / 65535)``).
+  ``"minmax"`` and ``(lo, hi)`` are then applied to the 8-bit values (``(lo, hi)`` scaled by 1/257), so
+  precision below 1/256 is lost.
 
 EXIF orientation is applied (drone and phone JPEGs may be stored rotated); :func:`image_size` reports the
 oriented size without decoding. Multi-page files use their first page. Any failure raises
@@ -169,12 +169,10 @@ def verify_image(path: str | os.PathLike) -> tuple[int, int]:
     """
     try:
         with Image.open(path) as im:
-            w, h = im.size
-            if _exif_orientation(im) in _SWAPPING_ORIENTATIONS:
-                w, h = h, w
-            im.verify()
+            im.verify()  # first thing on a fresh handle: reading EXIF (a PNG eXIf chunk) breaks it
     except Exception as exc:
         raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
+    w, h = image_size(path)  # a second header read: cheap, and safe after verify() closed the first handle
     if w <= 0 or h <= 0:
         raise ImageReadError(path, f"empty image of size {w}x{h}")
     return w, h
@@ -194,8 +192,8 @@ def load_rgb(
     try:
         with Image.open(path) as im:
             im.seek(0)
+            high_byte_rgb = im.mode in ("RGB", "RGBA") and _reads_16_bit(im)  # before load() clears ``tile``
             im.load()
-            high_byte_rgb = any(";16" in str(getattr(t, "args", ("",))[0]) for t in (im.tile or ()))
             im = ImageOps.exif_transpose(im) if _exif_orientation(im) not in (None, 1) else im
             return to_rgb8(im, rescale=rescale, background=background, high_byte_rgb=high_byte_rgb)
     except ImageReadError:
@@ -265,6 +263,16 @@ def _rescale_to_uint8(values: np.ndarray, mode: str, rescale: Rescale) -> np.nda
         return np.zeros(values.shape, dtype=np.uint8)
     scaled = (values - lo) * (255.0 / (hi - lo))
     return np.clip(np.floor(scaled + 0.5), 0, 255).astype(np.uint8)
+
+
+def _reads_16_bit(im: Image.Image) -> bool:
+    """Whether Pillow decodes ``im`` from 16-bit samples (raw mode such as ``"RGB;16B"`` in its tile list)."""
+    for tile in im.tile or ():
+        args = tile.args
+        rawmode = args if isinstance(args, str) else (args[0] if args else "")
+        if isinstance(rawmode, str) and ";16" in rawmode:
+            return True
+    return False
 
 
 def _exif_orientation(im: Image.Image) -> int | None:

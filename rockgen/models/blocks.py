@@ -28,7 +28,7 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """Residual block; AdaGN with time and optional z_sem when conditioned, the official single-conv block if not.
+    """Residual block: AdaGN on time (+ z_sem) when conditioned, else the official single-conv encoder block.
 
     Conditioned (emb_channels set), official `ResBlock(two_cond=True)`:
         h = conv3x3(SiLU(GN(x)))                                   # in_layers, (B, C_out, H, W)
@@ -38,7 +38,7 @@ class ResBlock(nn.Module):
         out = skip(x) + conv3x3_zero_init(Dropout(SiLU(h)))        # out_layers
     Unconditioned (emb_channels=None): the official encoder quirk -- `out_layers` only exist with a condition,
     so the block is out = skip(x) + conv3x3(SiLU(GN(x))) with one conv and (by default) no dropout.
-    up/down resample after GN+SiLU, before the first conv, and the skip input too (BigGAN-style up/down block).
+    up/down resample after GN+SiLU, before the first conv, and the skip input too (BigGAN-style up/down).
     """
 
     def __init__(
@@ -56,7 +56,9 @@ class ResBlock(nn.Module):
         if up and down:
             raise ValueError("ResBlock: up and down are mutually exclusive")
         if emb_channels is None and cond_channels is not None:
-            raise ValueError("ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)")
+            raise ValueError(
+                "ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)"
+            )
         self.resample = _upsample if up else _downsample if down else None
         self.dropout = dropout
         self.in_layers = nn.Sequential(
@@ -71,7 +73,7 @@ class ResBlock(nn.Module):
                 GroupNorm32(out_channels),
                 nn.SiLU(),
                 nn.Dropout(dropout),
-                # Zero init: every residual branch starts as the identity, which DiffAE found to help training.
+                # Zero init: each residual branch starts as the identity (DiffAE found it helps training).
                 zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
             )
         self.skip_connection = (
@@ -185,7 +187,7 @@ def run_block(
     cond: torch.Tensor | None,
     use_checkpoint: bool,
 ) -> torch.Tensor:
-    """Apply block, recomputing its activations in backward when use_checkpoint (trades ~30% compute for memory)."""
+    """Apply block; with use_checkpoint recompute its activations in backward (~30% compute for memory)."""
     if use_checkpoint and torch.is_grad_enabled():
         return checkpoint(block, h, emb, cond, use_reentrant=False)
     return block(h, emb, cond)
@@ -221,7 +223,9 @@ def build_down_path(
             blocks.append(CondSequential(*layers))
             widths.append(ch)
         if level != len(channel_mult) - 1:
-            blocks.append(CondSequential(make_block(ch, ch, down=True) if resblock_updown else Downsample(ch)))
+            blocks.append(
+                CondSequential(make_block(ch, ch, down=True) if resblock_updown else Downsample(ch))
+            )
             widths.append(ch)
             resolution //= 2
     return blocks, widths, ch

@@ -1,7 +1,7 @@
 """The DiffAE network bundle: semantic encoder + conditional UNet decoder (+ optional latent MLP).
 
 Only holds and wires the networks; the diffusion maths and samplers live elsewhere and call `encode` /
-`forward`, passing z_sem explicitly so a sampler never re-runs the encoder per step (an official inefficiency).
+`forward`, passing z_sem explicitly so a sampler never re-runs the encoder per step (official inefficiency).
 """
 
 from __future__ import annotations

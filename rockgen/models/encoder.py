@@ -14,7 +14,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -42,7 +42,7 @@ class EncoderConfig:
 
 
 class SemanticEncoder(nn.Module):
-    """z_sem = Enc(x0): down path + middle block -> GN -> SiLU -> global average pool -> 1x1 conv -> (B, out)."""
+    """z_sem = Enc(x0): down path + middle block -> GN -> SiLU -> global avg pool -> 1x1 conv -> (B, out)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
@@ -56,7 +56,7 @@ class SemanticEncoder(nn.Module):
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {cfg.dropout}")
-        self.cfg = cfg
+        self.cfg = cfg = replace(cfg, channel_mult=mult, attention_resolutions=attn)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
         # No time condition at all: emb_channels=None selects the official single-conv ResBlock.

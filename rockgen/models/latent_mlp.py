@@ -15,7 +15,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ class LatentMLPConfig:
 
 
 class MLPLNAct(nn.Module):
-    """One MLP layer: h = Linear(x); h = h·(1 + Linear(SiLU(t_emb))); LayerNorm; SiLU; Dropout (official order)."""
+    """One MLP layer, official order: h = Linear(x); h·(1 + Linear(SiLU(t_emb))); LayerNorm; SiLU; Dropout."""
 
     def __init__(
         self,
@@ -73,7 +73,7 @@ class MLPLNAct(nn.Module):
 
 
 class MLPSkipNet(nn.Module):
-    """ε̂ = f(z_t, t): layer 0 D->H, hidden layers cat([h, z_t]) -> H, last cat([h, z_t]) -> D with no cond/norm/act."""
+    """ε̂ = f(z_t, t): layer 0 D->H, hidden cat([h, z_t]) -> H, last cat([h, z_t]) -> D (no cond/norm/act)."""
 
     def __init__(self, cfg: LatentMLPConfig):
         super().__init__()
@@ -87,8 +87,10 @@ class MLPSkipNet(nn.Module):
             raise ValueError(f"LatentMLPConfig.dropout must be in [0, 1), got {cfg.dropout}")
         skips = range(1, cfg.num_layers) if cfg.skip_layers is None else as_tuple(cfg.skip_layers)
         if any(not 0 <= i < cfg.num_layers for i in skips):
-            raise ValueError(f"LatentMLPConfig.skip_layers must be in [0, {cfg.num_layers}), got {list(skips)}")
-        self.cfg = cfg
+            raise ValueError(
+                f"LatentMLPConfig.skip_layers must be in [0, {cfg.num_layers}), got {list(skips)}"
+            )
+        self.cfg = replace(cfg, skip_layers=None if cfg.skip_layers is None else tuple(skips))
         self.skip = tuple(i in set(skips) for i in range(cfg.num_layers))
 
         d, hid, emb = cfg.num_channels, cfg.hidden_channels, cfg.time_embed_channels

@@ -17,7 +17,7 @@ GROUPS = 32  # GroupNorm groups used everywhere in DiffAE; every normalised widt
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal embedding of t (B,) int or float -> (B, dim) float32, in the official DiffAE [cos, sin] order.
+    """Sinusoidal embedding t (B,) int or float -> (B, dim) float32, in the official DiffAE [cos, sin] order.
 
     freqs_i = max_period^(-i/half) for i < half = dim // 2; emb = [cos(t·freqs), sin(t·freqs)] (+ a zero
     column when dim is odd). Cos comes first (DiffAE/guided-diffusion), unlike the "Attention is all you
@@ -36,21 +36,21 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm(32, C) computed in float32 and cast back, so statistics stay exact under bf16/fp16 autocast."""
+    """GroupNorm(32, C) in float32, output in the input dtype: exact statistics under bf16 autocast."""
 
     def __init__(self, num_channels: int, eps: float = 1e-5):
         super().__init__(GROUPS, num_channels, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Mean/var over C/32·H·W values must be accumulated in float32, never in bf16. The native kernels already
-        # do that for bf16/fp16 inputs (CPU: mixed-type kernel with float32 affine params; CUDA: float acc_type),
-        # bit-identically to the official `x.float()` round trip but without two full-size copies (2-3x faster
-        # on CPU). Only other dtype mixes take the explicit float32 path.
+        # Mean/var over C/32·H·W values must be accumulated in float32, never in bf16. The native kernels
+        # already do that for bf16/fp16 inputs (CPU: mixed-type kernel with float32 affine params; CUDA: float
+        # acc_type), bit-identically to the official `x.float()` round trip but without two full-size copies
+        # (2-3x faster on CPU). Only other dtype mixes take the explicit float32 path.
         if x.dtype == self.weight.dtype or (x.device.type == "cpu" and self.weight.dtype == torch.float32):
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
-        return F.group_norm(
-            x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps
-        ).to(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
+            x.dtype
+        )
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -84,7 +84,8 @@ def check_ladder(
     levels = len(channel_mult)
     if image_size <= 0 or image_size % 2 ** (levels - 1):
         raise ValueError(
-            f"{name}.image_size={image_size} must be divisible by 2**(len(channel_mult)-1)={2 ** (levels - 1)}"
+            f"{name}.image_size={image_size} must be a multiple of 2**(levels-1) = {2 ** (levels - 1)} "
+            f"for len(channel_mult) = {levels}"
         )
     for mult in channel_mult:
         width = model_channels * mult
@@ -97,7 +98,9 @@ def check_ladder(
     for res in attention_resolutions:
         # The official code silently ignores an unreachable resolution; here it is almost surely a typo.
         if res not in resolutions:
-            raise ValueError(f"{name}.attention_resolutions contains {res}, not one of the levels {resolutions}")
+            raise ValueError(
+                f"{name}.attention_resolutions contains {res}, not one of the levels {resolutions}"
+            )
     if num_heads < 1:
         raise ValueError(f"{name}.num_heads must be >= 1, got {num_heads}")
     for level, (res, mult) in enumerate(zip(resolutions, channel_mult, strict=True)):

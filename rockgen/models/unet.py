@@ -20,19 +20,25 @@ Parameter counts (true millions; reproduce the official table with the base-clas
     rock128 (img 128, ch 128, mult 1,1,2,3,4)       103.87 M  (+ encoder 24.67 M = 128.55 M)
     rock256 (img 256, ch 128, mult 1,1,2,2,4,4)     138.34 M  (+ encoder 30.15 M = 168.49 M)
 
-Proposal for rock512 (no official preset): img 512, ch 128, mult (1,1,2,2,4,4,4), attention only at 16,
-encoder mult (1,1,2,2,4,4,4,4) -- i.e. rock256 with one more 128-wide level in front. The extra level at 512²
-costs few parameters but much memory; see `rock512_notes` in the report / templates for the numbers.
+Proposal for rock512 (no official preset): img 512, ch 64, mult (1,2,2,4,4,8,8), attention only at 16,
+encoder mult (1,2,2,4,4,8,8,8). Widths per resolution 512:64, 256:128, 128:128, 64:256, 32:256, 16:512,
+8:512, i.e. exactly the rock256 ladder with one cheap 64-wide level in front: 139.86 M (+ encoder 30.19 M =
+170.06 M).
+Cost per image (meta-device count, training, no checkpointing): decoder 986 GFLOP forward, saved activations
+3.6 GiB bf16 / 7.2 GiB fp32 (encoder +0.5 / +1.0 GiB); with gradient_checkpointing ~0.6 + 0.15 GiB bf16 plus
+one block's recompute. The obvious alternative, ch 128 mult (1,1,1,2,2,4,4) (rock256 + a 128-wide 512² level),
+has about the same parameters (172.9 M total) but costs 1807 GFLOP and 5.3 + 0.8 GiB bf16 per image: the
+first level dominates time and memory and at 512² it mostly sees fine texture, so 64 channels are spent there.
 
 Usage:
     net = ConditionalUNet(UNetConfig(image_size=64))
-    eps = net(x_t, t, cond=z_sem)    # x_t (B, 3, 64, 64), t (B,) in [0, 999], z_sem (B, 512) -> (B, 3, 64, 64)
+    eps = net(x_t, t, cond=z_sem)  # x_t (B, 3, 64, 64), t (B,) in [0, 999], z_sem (B, 512) -> (B, 3, 64, 64)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -58,19 +64,26 @@ class UNetConfig:
     in_channels: int = 3
     out_channels: int = 3  # ε̂ has the image's channels (model_mean_type = eps)
     model_channels: int = 64  # base width; also the sinusoidal timestep-embedding width (official)
-    channel_mult: Sequence[int] = (1, 2, 4, 8)  # width = model_channels·mult per level, level l at image_size/2^l
-    num_res_blocks: int = 2  # per level on the way down; the way up has one more (it also eats the down block)
+    channel_mult: Sequence[int] = (
+        1,
+        2,
+        4,
+        8,
+    )  # width = model_channels·mult per level, level l at image_size/2^l
+    num_res_blocks: int = (
+        2  # per level on the way down; the way up has one more (it also eats the down block)
+    )
     attention_resolutions: Sequence[int] = (16,)  # resolutions (pixels, not levels) with self-attention
     dropout: float = 0.1  # in every decoder ResBlock's out_layers (official 0.1)
     embed_channels: int = 512  # time-embedding width fed to each ResBlock
     cond_channels: int | None = 512  # z_sem width; None = unconditional UNet (pixel-DDPM baseline)
     num_heads: int = 1  # official 1; the legacy qkv layout is kept, so any head count loads
     resblock_updown: bool = True  # BigGAN up/down ResBlocks (official) instead of (strided) conv resamplers
-    gradient_checkpointing: bool = False  # recompute each block in backward: ~half the activation memory
+    gradient_checkpointing: bool = False  # keep only block inputs: ~5x less activation memory, ~30% slower
 
 
 class ConditionalUNet(nn.Module):
-    """ε-prediction UNet: forward(x_t (B, C, H, W), t (B,), cond (B, cond_channels) | None) -> ε̂ (B, C_out, H, W)."""
+    """ε-prediction UNet: (x_t (B, C, H, W), t (B,), cond (B, cond_channels) | None) -> ε̂ (B, C_out, H, W)."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -86,18 +99,24 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"UNetConfig.cond_channels must be >= 1 or None, got {cfg.cond_channels}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {cfg.dropout}")
-        self.cfg = cfg
+        # Keep a clean copy (plain tuples, no OmegaConf containers) so the net pickles and prints simply.
+        self.cfg = cfg = replace(cfg, channel_mult=mult, attention_resolutions=attn)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
         mc, emb = cfg.model_channels, cfg.embed_channels
         # Official TimeStyleSeperateEmbed.time_embed: sinusoid(model_channels) -> Linear -> SiLU -> Linear.
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
 
-        make_block = partial(
-            ResBlock, emb_channels=emb, cond_channels=cfg.cond_channels, dropout=cfg.dropout
-        )
+        make_block = partial(ResBlock, emb_channels=emb, cond_channels=cfg.cond_channels, dropout=cfg.dropout)
         self.input_blocks, widths, ch = build_down_path(
-            make_block, cfg.in_channels, cfg.image_size, mc, mult, cfg.num_res_blocks, attn, cfg.num_heads,
+            make_block,
+            cfg.in_channels,
+            cfg.image_size,
+            mc,
+            mult,
+            cfg.num_res_blocks,
+            attn,
+            cfg.num_heads,
             cfg.resblock_updown,
         )
         self.middle_block = build_middle_block(make_block, ch, cfg.num_heads)
@@ -124,13 +143,15 @@ class ConditionalUNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), t (B,) long or float original 1000-step index, cond z_sem (B, cond_channels) -> ε̂."""
+        """x (B, C, H, W), t (B,) long/float original 1000-step index, cond z_sem (B, cond_channels) -> ε̂."""
         if self.cfg.cond_channels is None:
             if cond is not None:
-                raise ValueError("ConditionalUNet: cond given, but the net is unconditional (cond_channels=None)")
+                raise ValueError(
+                    "ConditionalUNet: cond given, but the net is unconditional (cond_channels=None)"
+                )
         elif cond is None:
             raise ValueError(
-                f"ConditionalUNet: cond (B, {self.cfg.cond_channels}) z_sem is required (cond_channels is set)"
+                f"ConditionalUNet: z_sem cond (B, {self.cfg.cond_channels}) is required (cond_channels set)"
             )
         # The sinusoid is float32; cast once to the parameters' dtype so a fully bf16 model also works.
         t_emb = timestep_embedding(t, self.cfg.model_channels).to(self.time_embed[0].weight.dtype)
