@@ -6,36 +6,37 @@ Public API as in the official DiffAE (images in [-1, 1] in, [0, 1] out)::
     z_sem = model.encode(x)                          # (B, 3, H, W) in [-1, 1] → (B, 512)
     x_T = model.encode_stochastic(x, z_sem, T=50)    # DDIM inversion → (B, 3, H, W)
     rec = model.render(x_T, z_sem, T=50)             # DDIM decoding → (B, 3, H, W) in [0, 1]
-    new = model.sample(16, "cpu", T=20, T_latent=20) # latent DDIM → decoder (after the latent stage)
+    new = model.sample(16, "cpu", T=20, T_latent=20) # latent DDIM → decoder (latent-stage checkpoints)
 
-Training (stage ``autoenc``): t ~ U{0..T-1}, x_t = q_sample(x0, t, ε), loss = ‖ε − ε_θ(x_t, t, Enc(x0))‖²
-(+ optional LPIPS on x̂0); encoder and decoder trained jointly; the EMA copy is what encodes and renders.
-Stage ``latent`` (see ``rockgen.lit.latent``) freezes the autoencoder and trains the latent DDIM on z-normalised
-z_sem. The baselines live in ``rockgen.lit`` and are re-exported here.
+Stage ``autoenc`` (DiffAE §3.1): t ~ U{0..T-1}, x_t = q_sample(x0, t, ε), loss = ‖ε − ε_θ(x_t, t, Enc(x0))‖²
+(+ optional LPIPS on x̂0); encoder and decoder trained jointly; the EMA copy encodes and renders.
+Stage ``latent`` (DiffAE §3.3): the autoencoder is frozen and the latent DDIM learns z-normalised z_sem; its
+checkpoint holds the autoencoder, the latent net and the latent statistics: everything ``sample`` needs.
+What each stage trains and validates lives in ``rockgen.lit.stages``.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import warnings
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
-from rockgen.config import DiffusionConf, EMAConf, EvalConf, OptimConf, parse, to_plain
-from rockgen.diffusion import Schedule, q_sample, regression_loss, sample_timesteps, to_eps_and_x0
-from rockgen.diffusion import training_target
+from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
+from rockgen.diffusion import Schedule
 from rockgen.ema import ema_decay, ema_update_module_
-from rockgen.lit.common import RockgenModule, build_optimizer, check_finite_loss, check_images, log_image_file
+from rockgen.lit.common import RockgenModule, build_optimizer, check_images
 from rockgen.lit.recon_eval import ReconstructionEvaluator
-from rockgen.models import DiffAE, EncoderConfig, UNetConfig
+from rockgen.lit.stages import STAGES
+from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
 from rockgen.samplers import ddim_invert, ddim_sample
 
-log = logging.getLogger(__name__)
 # The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
+
+
+def _schedule(conf: DiffusionConf) -> Schedule:
+    return Schedule.from_config(conf.schedule, conf.num_timesteps, const=conf.beta_const)
 
 
 class LitModel(RockgenModule):
@@ -43,23 +44,39 @@ class LitModel(RockgenModule):
 
     def __init__(self, unet: dict, encoder: dict, diffusion: dict | None = None, optim: dict | None = None,
                  ema: dict | None = None, evaluation: dict | None = None, lpips_weight: float = 0.0,
-                 channels_last: bool = True) -> None:
+                 channels_last: bool = True, latent: dict | None = None, stage: str = "autoenc") -> None:
         super().__init__()
         hp = dict(unet=to_plain(unet), encoder=to_plain(encoder), diffusion=to_plain(diffusion or {}),
                   optim=to_plain(optim or {}), ema=to_plain(ema or {}), evaluation=to_plain(evaluation or {}),
-                  lpips_weight=float(lpips_weight), channels_last=bool(channels_last))
+                  lpips_weight=float(lpips_weight), channels_last=bool(channels_last),
+                  latent=to_plain(latent), stage=stage)
         self.save_hyperparameters(hp)
+        if stage not in STAGES:
+            raise ValueError(f"unknown model.stage {stage!r}; choose one of {sorted(STAGES)}")
+        if stage == "latent" and latent is None:
+            raise ValueError("model.stage=latent needs a model.latent section (use a rock*_latent template)")
         unet_cfg = parse(UNetConfig, hp["unet"], "model.unet")
         enc_cfg = parse(EncoderConfig, hp["encoder"], "model.encoder")
         self.diffusion_conf = parse(DiffusionConf, hp["diffusion"], "model.diffusion")
         self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
         self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
         self.eval_conf = parse(EvalConf, hp["evaluation"], "model.evaluation")
-        d = self.diffusion_conf
-        self.schedule = Schedule.from_config(d.schedule, d.num_timesteps, const=d.beta_const)
+        self.latent_conf = parse(LatentConf, hp["latent"], "model.latent") if latent is not None else None
+        self.schedule = _schedule(self.diffusion_conf)
         self.image_size = unet_cfg.image_size
-        self.model = DiffAE(enc_cfg, unet_cfg)
+        lat_cfg = None
+        if self.latent_conf is not None:
+            lat_cfg = LatentMLPConfig(**{"num_channels": enc_cfg.out_channels, **self.latent_conf.net})
+            self.latent_schedule = _schedule(self.latent_conf.diffusion)
+            self.register_buffer("latent_mean", torch.zeros(enc_cfg.out_channels))
+            self.register_buffer("latent_std", torch.ones(enc_cfg.out_channels))
+            self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
+        self.model = DiffAE(enc_cfg, unet_cfg, lat_cfg)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.stage = STAGES[stage]()
+        if stage == "latent":  # the autoencoder is frozen in stage 2
+            self.model.encoder.requires_grad_(False)
+            self.model.decoder.requires_grad_(False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(memory_format=self.memory_format)
         self._lpips: torch.nn.Module | None = None  # built in setup(); kept out of the state dict
@@ -90,18 +107,52 @@ class LitModel(RockgenModule):
         With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint).
         """
         if cond is None:
-            cond = self.sample_cond(noise.shape[0], noise.device)
+            cond = self.sample_latents(noise.shape[0], noise.device)
         x = noise.to(self.device, memory_format=self.memory_format)
         x0 = ddim_sample(self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T,
                          clip_x0=self.diffusion_conf.clip_x0, prediction=self.diffusion_conf.prediction,
                          progress=progress)
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
-    def sample_cond(self, n: int, device: torch.device | str, T_latent: int | None = None,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw z_sem (n, D) from the latent DDIM; only latent-stage models can."""
-        raise RuntimeError("this checkpoint holds only the autoencoder: unconditional sampling needs the latent "
-                           "DDIM (train it with template=<res>_latent, then load that checkpoint)")
+    @torch.no_grad()
+    def sample(self, N: int, device: torch.device | str | None = None, T: int | None = None,
+               T_latent: int | None = None, seed: int | None = None, noise: torch.Tensor | None = None,
+               latent_noise: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+        """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
+
+        Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself).
+        """
+        device = torch.device(device) if device is not None else self.device
+        gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+        cond = self.sample_latents(N, device, T_latent, generator=gen, noise=latent_noise)
+        if noise is None:
+            noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
+        return self.render(noise, cond, T, progress=progress)
+
+    @property
+    def has_latent(self) -> bool:
+        return self.latent_conf is not None
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, device: torch.device | str | None = None, T_latent: int | None = None,
+                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
+                       normalised: bool = False) -> torch.Tensor:
+        """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation)."""
+        if not self.has_latent or not bool(self.latent_ready):
+            raise RuntimeError("this checkpoint has no trained latent DDIM, so it cannot sample z_sem: train "
+                               "stage 2 with template=<res>_latent (or demo_latent) and load that checkpoint")
+        device = torch.device(device) if device is not None else self.device
+        if noise is None:
+            noise = torch.randn(n, self.latent_mean.shape[0], generator=generator, device=device)
+        d = self.latent_conf.diffusion
+        net = self.ema_model.latent_net
+        zn = ddim_sample(lambda z, t: net(z, t), noise.to(self.device).float(), self.latent_schedule,
+                         T_latent or self.latent_conf.T_latent, clip_x0=False, prediction=d.prediction)
+        return zn if normalised else self.denormalise_latents(zn)
+
+    def denormalise_latents(self, zn: torch.Tensor) -> torch.Tensor:
+        """z = z̃ σ + μ with the statistics of the latents file the latent DDIM was trained on."""
+        return zn * self.latent_std + self.latent_mean
 
     def decoder_fn(self, cond: torch.Tensor):
         """ε̂(x_t, t) of the EMA decoder with z_sem ``cond`` bound: the ``model_fn`` of the samplers."""
@@ -109,62 +160,39 @@ class LitModel(RockgenModule):
         cond = cond.to(self.device)
         return lambda x, t: dec(x, t, cond=cond)
 
-    # ---------------------------------------------------------------- training
+    # ---------------------------------------------------------------- training (delegated to the stage)
     def setup(self, stage: str) -> None:
-        if stage == "fit" and self.hparams.lpips_weight > 0 and self._lpips is None:
-            from rockgen.metrics import build_lpips
+        self.stage.setup(self, stage)
 
-            self._lpips = build_lpips(net="alex", require=True)  # clear error if the backbone is missing
+    def prepare_latent_training(self) -> None:
+        """Stage 2 set-up: load the frozen autoencoder and the latent statistics (checked against each other)."""
+        from rockgen.lit.latent_setup import load_autoencoder_and_latents
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        x0 = batch["img"].to(memory_format=self.memory_format)
-        d = self.diffusion_conf
-        t = sample_timesteps(x0.shape[0], d.num_timesteps, x0.device)
-        noise = torch.randn_like(x0)
-        x_t = q_sample(self.schedule, x0, t, noise)
-        cond = self.model.encoder(x0)  # the encoder sees the clean image and is trained by the same loss
-        out = self.model.decoder(x_t, t, cond=cond)
-        abar = self.schedule.abar(t, x0)
-        loss = regression_loss(d.loss, out, training_target(d.prediction, x0, noise, abar)).mean()
-        logs = {"train/diffusion_loss": loss.detach()}
-        if self._lpips is not None:
-            x0_hat = to_eps_and_x0(d.prediction, out.float(), abar, x_t.float())[1].clamp(-1, 1)
-            perceptual = self._lpips.to(x0.device)(x0_hat, x0.float()).mean()
-            loss = loss + self.hparams.lpips_weight * perceptual
-            logs["train/lpips_term"] = perceptual.detach()
-        check_finite_loss(self, loss)
-        logs["train/loss"] = loss.detach()
-        self.log_dict(logs, prog_bar=True, batch_size=x0.shape[0])
-        return loss
+        load_autoencoder_and_latents(self)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.stage.training_step(self, batch)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        decay = ema_decay(self.trainer.global_step, self.ema_conf.decay, "tf" if self.ema_conf.warmup else None)
-        ema_update_module_(self.ema_model, self.model, decay)
+        conf = self.latent_conf.ema if self.stage.name == "latent" else self.ema_conf
+        decay = ema_decay(self.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
+        ema_update_module_(*self.stage.ema_pair(self), decay)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.optim_conf)
+        conf = self.latent_conf.optim if self.stage.name == "latent" else self.optim_conf
+        return build_optimizer(self.stage.trainable(self).parameters(), conf)
 
-    # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
-        self.evaluator.start(self)
+        self.stage.on_validation_epoch_start(self)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        x = batch["img"].to(memory_format=self.memory_format)
-        cond = self.ema_model.encoder(x)
-        self.evaluator.update(self, x, cond, batch_idx)
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.stage.validation_step(self, batch, batch_idx)
 
     def on_validation_epoch_end(self) -> None:
-        scores, grid_path = self.evaluator.finish(self)
-        if scores:
-            self.log_dict(scores, sync_dist=False)
-        if grid_path is not None:
-            log_image_file(self, "val/reconstructions", grid_path,
-                           caption="rows: originals | inferred x_T | random x_T")
+        self.stage.on_validation_epoch_end(self)
 
-
-def load_model(path: str, map_location: str | torch.device = "cpu", **kwargs) -> pl.LightningModule:
-    """Load any rockgen checkpoint (DiffAE or a baseline), choosing the class from its hyper-parameters."""
-    from rockgen.lit.checkpoint import load_checkpoint_module
-
-    return load_checkpoint_module(path, map_location=map_location, **kwargs)
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """z_sem of a batch of tiles by the EMA encoder, with each item's dataset index (latent inference)."""
+        x = batch["img"].to(memory_format=self.memory_format)
+        return {"z": self.ema_model.encoder(x).float(), "index": batch["index"]}

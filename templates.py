@@ -4,10 +4,15 @@ Each preset is *built* from explicit values by a function (no chain of mutations
 template=rock128`` selects one, and any value can still be overridden (``model.optim.lr=2e-5``).
 
     demo                      tiny DiffAE on the embedded demo tiles, minutes on 2 CPU cores
+    demo_latent               its latent DDIM (stage 2)
     rock64 / rock64_autoenc   = official ffhq64_autoenc       (90.84 M params)
     rock128 / rock128_autoenc = official ffhq128_autoenc_130M (128.55 M)
     rock256 / rock256_autoenc = official ffhq256_autoenc      (168.49 M)
     rock512 / rock512_autoenc = rockgen's 512-px design (see ``_ladder``)
+    rockN_latent              stage 2 of rockN: official latent DDIM (MLP 10 x 2048, β=0.008, L1), batch 256;
+                              set model.latent.autoenc_ckpt=... and model.latent.latents_path=...
+    demo_pixel, rock{64..512}_pixel   pixel-space DDPM baseline: the same UNets without z_sem
+    demo_vae, rock{64..512}_vae       transformer VAE-style autoencoder baseline (see ``_vit``)
 
 Batch sizes are **global** (split over the DDP world size), as in the official templates after
 ``scale_up_gpus``; ``max_steps`` = the official sample budget // batch.
@@ -20,8 +25,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rockgen.config import DiffusionConf, EMAConf, EvalConf, OptimConf, to_plain
-from rockgen.models import EncoderConfig, UNetConfig
+from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, to_plain
+from rockgen.lit.pixel import SampleGridConf
+from rockgen.lit.vae import VAEEvalConf
+from rockgen.models import EncoderConfig, UNetConfig, ViTAEConfig
 
 RESOLUTIONS = (64, 128, 256, 512)
 
@@ -102,6 +109,21 @@ def autoenc_preset(resolution: int) -> dict[str, Any]:
                    ckpt_every=max(1, 100_000 // lad.batch_size))
 
 
+def latent_preset(base: dict[str, Any], name: str, latent: LatentConf, *, batch_size: int, max_steps: int,
+                  val_every: int, ckpt_every: int) -> dict[str, Any]:
+    """Stage 2 on top of an autoencoder preset: same networks (weights come from ``autoenc_ckpt``), the latent
+    DDIM trained on the latents file (data group switched to ``latents``)."""
+    model = {**base["model"], "stage": "latent", "latent": to_plain(latent)}
+    return {
+        "defaults": [{"override /data": "latents"}],
+        "template_name": name,
+        "model": model,
+        "data": {"batch_size": batch_size},
+        "trainer": {"max_steps": max_steps, "val_check_interval": val_every, "limit_val_batches": 1.0},
+        "callbacks": {"checkpoint": {"every_n_train_steps": ckpt_every}},
+    }
+
+
 def demo_preset() -> dict[str, Any]:
     """A tiny DiffAE on the embedded demo tiles: trains, validates and checkpoints in minutes on 2 CPU cores."""
     unet = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
@@ -115,12 +137,108 @@ def demo_preset() -> dict[str, Any]:
                    val_every=300, ckpt_every=300, val_batches=1)
 
 
+@dataclass
+class PixelModel:
+    """Arguments of ``rockgen.lit.pixel.PixelDiffusion``."""
+
+    unet: UNetConfig
+    diffusion: DiffusionConf = field(default_factory=DiffusionConf)
+    optim: OptimConf = field(default_factory=OptimConf)
+    ema: EMAConf = field(default_factory=EMAConf)
+    evaluation: SampleGridConf = field(default_factory=SampleGridConf)
+    channels_last: bool = True
+
+
+def pixel_preset(resolution: int) -> dict[str, Any]:
+    """Pixel DDPM at 64/128/256/512 px: the decoder of ``rock{res}`` without z_sem, same batch and budget.
+
+    At 64-256 px this is the official DiffAE DDPM baseline's UNet (``ffhq*_ddpm``).
+    """
+    lad = _ladder(resolution)
+    unet = UNetConfig(image_size=resolution, model_channels=lad.base, channel_mult=lad.decoder_mult,
+                      attention_resolutions=lad.attention, dropout=0.1, cond_channels=None,
+                      gradient_checkpointing=resolution >= 512)
+    model = PixelModel(unet, evaluation=SampleGridConf(T=[20, 50], grid_images=8))
+    return _preset(f"rock{resolution}_pixel", "rockgen.lit.pixel.PixelDiffusion", model, image_size=resolution,
+                   batch_size=lad.batch_size, max_steps=lad.total_samples // lad.batch_size, val_every=10_000,
+                   ckpt_every=max(1, 100_000 // lad.batch_size), val_batches=1)
+
+
+def demo_pixel_preset() -> dict[str, Any]:
+    """The demo's UNet without z_sem: the pixel DDPM baseline in minutes on 2 CPU cores."""
+    unet = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                      attention_resolutions=(8,), dropout=0.0, embed_channels=128, cond_channels=None)
+    model = PixelModel(unet, optim=OptimConf(lr=4e-4, warmup_steps=50), ema=EMAConf(decay=0.999, warmup=True),
+                       evaluation=SampleGridConf(T=[10, 20], grid_images=8))
+    return _preset("demo_pixel", "rockgen.lit.pixel.PixelDiffusion", model, image_size=32, batch_size=32,
+                   max_steps=600, val_every=300, ckpt_every=300, val_batches=1)
+
+
+@dataclass
+class VAEModel:
+    """Arguments of ``rockgen.lit.vae.LitVAE``."""
+
+    net: ViTAEConfig
+    beta: float = 1e-3  # KL weight per pixel value (see rockgen.lit.vae); 0 = plain autoencoder
+    lpips_weight: float = 0.0
+    optim: OptimConf = field(default_factory=lambda: OptimConf(lr=1e-4, weight_decay=0.05, warmup_steps=1000))
+    ema: EMAConf = field(default_factory=lambda: EMAConf(decay=0.999))
+    use_ema: bool = True
+    evaluation: VAEEvalConf = field(default_factory=VAEEvalConf)
+
+
+def _vit(resolution: int) -> tuple[ViTAEConfig, int]:
+    """(network, global batch) of the VAE at one resolution: rockgen's choice, ViT-S/-B-like widths.
+
+    64 px: patch 8, width 384, 6+6 blocks (24.6 M params); 128: patch 8, 512, 8+8 (55.0 M); 256: patch 16,
+    768, 12+12 (182.1 M); 512: patch 16 (1024 tokens), 768, 12+12 (183.3 M), gradient checkpointing.
+    """
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"no preset for resolution {resolution}; choose one of {RESOLUTIONS}")
+    patch, width, depth, batch = {64: (8, 384, 6, 128), 128: (8, 512, 8, 64), 256: (16, 768, 12, 64),
+                                  512: (16, 768, 12, 32)}[resolution]
+    net = ViTAEConfig(image_size=resolution, patch_size=patch, width=width, encoder_depth=depth,
+                      decoder_depth=depth, num_heads=width // 64, latent_dim=512,
+                      gradient_checkpointing=resolution >= 512)
+    return net, batch
+
+
+def vae_preset(resolution: int) -> dict[str, Any]:
+    """Transformer VAE at 64/128/256/512 px: 20 M training samples (an autoencoder converges far sooner)."""
+    net, batch = _vit(resolution)
+    return _preset(f"rock{resolution}_vae", "rockgen.lit.vae.LitVAE", VAEModel(net), image_size=resolution,
+                   batch_size=batch, max_steps=20_000_000 // batch, val_every=5_000,
+                   ckpt_every=max(1, 100_000 // batch))
+
+
+def demo_vae_preset() -> dict[str, Any]:
+    """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128 like the demo's z_sem)."""
+    net = ViTAEConfig(image_size=32, patch_size=4, width=128, encoder_depth=3, decoder_depth=3, num_heads=4,
+                      latent_dim=128, head_channels=16)
+    model = VAEModel(net, optim=OptimConf(lr=4e-4, weight_decay=0.05, warmup_steps=50),
+                     ema=EMAConf(decay=0.999, warmup=True))
+    return _preset("demo_vae", "rockgen.lit.vae.LitVAE", model, image_size=32, batch_size=32, max_steps=600,
+                   val_every=300, ckpt_every=300, val_batches=2)
+
+
 def presets() -> dict[str, dict[str, Any]]:
     """Every preset by name (aliases ``rockN`` = ``rockN_autoenc``)."""
-    out = {"demo": demo_preset()}
+    out = {"demo": demo_preset(), "demo_pixel": demo_pixel_preset(), "demo_vae": demo_vae_preset()}
+    # demo stage 2: a small MLP (4 x 256) fits the 128-d codes of a few hundred tiles in a minute
+    demo_latent = LatentConf(net={"hidden_channels": 256, "num_layers": 4}, T_latent=20, grid_samples=16,
+                             optim=OptimConf(lr=1e-3, weight_decay=0.01, warmup_steps=50),
+                             ema=EMAConf(decay=0.999, warmup=True))
+    out["demo_latent"] = latent_preset(out["demo"], "demo_latent", demo_latent, batch_size=64, max_steps=1500,
+                                       val_every=500, ckpt_every=500)
     for res in RESOLUTIONS:
         out[f"rock{res}_autoenc"] = autoenc_preset(res)
         out[f"rock{res}"] = out[f"rock{res}_autoenc"]
+        # official latent stage: 101 M codes at batch 256, AdamW lr 1e-4 wd 0.01, EMA 0.9999
+        out[f"rock{res}_latent"] = latent_preset(out[f"rock{res}"], f"rock{res}_latent", LatentConf(),
+                                                 batch_size=256, max_steps=101_000_000 // 256, val_every=10_000,
+                                                 ckpt_every=10_000)
+        out[f"rock{res}_pixel"] = pixel_preset(res)
+        out[f"rock{res}_vae"] = vae_preset(res)
     return out
 
 

@@ -86,3 +86,24 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     return value
+
+
+@dataclass
+class LatentConf:
+    """Stage 2 (latent DDIM): the MLP over z-normalised z_sem, its diffusion, optimiser and EMA."""
+
+    net: dict = field(default_factory=dict)  # rockgen.models.LatentMLPConfig fields (num_channels = z_sem width)
+    diffusion: DiffusionConf = field(default_factory=lambda: DiffusionConf(
+        schedule="const", beta_const=0.008, loss="l1", clip_x0=False))
+    optim: OptimConf = field(default_factory=lambda: OptimConf(lr=1e-4, weight_decay=0.01))
+    ema: EMAConf = field(default_factory=EMAConf)
+    autoenc_ckpt: str | None = None  # the trained autoencoder (stage 1) whose codes are modelled
+    latents_path: str | None = None  # its latents file (task=infer_latents)
+    T_latent: int = 20  # default latent DDIM steps of sample()
+    grid_samples: int = 16  # unconditional samples drawn at each validation
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.diffusion = parse(DiffusionConf, self.diffusion, "model.latent.diffusion")
+        self.optim = parse(OptimConf, self.optim, "model.latent.optim")
+        self.ema = parse(EMAConf, self.ema, "model.latent.ema")

@@ -5,6 +5,7 @@ Import order is one-way: ``images`` (Pillow/numpy) <- ``tiles`` (+ torch) <- ``d
 """
 
 from rockgen.data.datamodule import TileDataModule
+from rockgen.data.latents import LatentDataModule
 from rockgen.data.demo import ROCK_TYPES, generate_demo_tiles, make_demo_tile, write_demo_dataset
 from rockgen.data.images import (
     IMAGE_EXTENSIONS,
@@ -24,6 +25,7 @@ __all__ = [
     "XYZ",
     "CorruptImageWarning",
     "ImageReadError",
+    "LatentDataModule",
     "NoImagesFoundError",
     "TileDataModule",
     "TileDataset",

@@ -167,12 +167,7 @@ class TileDataModule(pl.LightningDataModule):
         return int(trainer.world_size) if trainer is not None else 1
 
     def _split_batch(self, name: str, value: int, world: int) -> int:
-        if value % world:
-            raise ValueError(
-                f"data.{name}={value} is the global batch size and must be divisible by the world size "
-                f"{world} (devices x nodes); choose e.g. data.{name}={max(world, value - value % world)}"
-            )
-        return value // world
+        return split_global_batch(name, value, world)
 
     def setup(self, stage: str | None = None) -> None:
         """Scan files once, split train/val by source file, build the datasets for ``stage``."""
@@ -268,6 +263,16 @@ class TileDataModule(pl.LightningDataModule):
         """Source file path of each predict item, in dataset (``index``) order: the rows of a latents file."""
         files = self.files
         return [files[s] for s in self.predict_sources()]
+
+
+def split_global_batch(name: str, value: int, world: int) -> int:
+    """Per-rank batch of a global ``data.<name>``; a clear error when the world size does not divide it."""
+    if value % world:
+        raise ValueError(
+            f"data.{name}={value} is the global batch size and must be divisible by the world size "
+            f"{world} (devices x nodes); choose e.g. data.{name}={max(world, value - value % world)}"
+        )
+    return value // world
 
 
 def _evenly_spaced(dataset: TileDataset, max_items: int | None):

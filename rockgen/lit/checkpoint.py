@@ -66,5 +66,6 @@ def load_checkpoint_module(path: str | Path, map_location: Any = "cpu", trusted:
     model = cls(**ckpt["hyper_parameters"])
     model.load_state_dict(ckpt["state_dict"])
     model.on_load_checkpoint(ckpt)
+    model.loaded_from = {"path": str(path), "global_step": int(ckpt.get("global_step", 0))}
     model.to(map_location if not callable(map_location) and map_location is not None else "cpu")
     return model.eval() if eval_mode else model

@@ -1,4 +1,5 @@
-"""rockgen networks (pure PyTorch): DiffAE encoder, conditional UNet decoder, latent MLP, shared blocks."""
+"""rockgen networks (pure PyTorch): DiffAE encoder, conditional UNet decoder, latent MLP, shared blocks,
+and the transformer autoencoder baseline."""
 
 from rockgen.models.blocks import AttentionBlock, ResBlock
 from rockgen.models.diffae import DiffAE, count_parameters
@@ -6,6 +7,7 @@ from rockgen.models.encoder import EncoderConfig, SemanticEncoder
 from rockgen.models.latent_mlp import LatentMLPConfig, MLPSkipNet
 from rockgen.models.nn import GroupNorm32, timestep_embedding, zero_module
 from rockgen.models.unet import ConditionalUNet, UNetConfig
+from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder
 
 __all__ = [
     "AttentionBlock",
@@ -18,6 +20,8 @@ __all__ = [
     "ResBlock",
     "SemanticEncoder",
     "UNetConfig",
+    "ViTAEConfig",
+    "ViTAutoencoder",
     "count_parameters",
     "timestep_embedding",
     "zero_module",

@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 
 TASKS = {
     "train": "rockgen.tasks.train:train",
+    "compare": "rockgen.tasks.compare:compare",
+    "vae_latents": "rockgen.tasks.vae_tasks:extract_latents",
+    "vae_reconstruct": "rockgen.tasks.vae_tasks:reconstruct",
+    "vae_interpolate": "rockgen.tasks.vae_tasks:interpolate",
+    "infer_latents": "rockgen.tasks.infer_latents:infer_latents",
+    "generate": "rockgen.tasks.generate:generate",
+    "interpolate": "rockgen.tasks.interpolate:interpolate_task",
+    "manipulate": "rockgen.tasks.manipulate:manipulate_task",
 }
 
 

@@ -29,8 +29,10 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
     return loggers
 
 
-def build_callbacks(cfg: DictConfig | None) -> list[pl.Callback]:
-    return [hydra.utils.instantiate(node) for node in (cfg or {}).values() if node is not None]
+def build_callbacks(cfg: DictConfig | None, only: tuple[str, ...] | None = None) -> list[pl.Callback]:
+    """Instantiate the callbacks group (or only the named entries, e.g. the progress bar for inference)."""
+    return [hydra.utils.instantiate(node) for name, node in (cfg or {}).items()
+            if node is not None and (only is None or name in only)]
 
 
 def build_strategy(cfg: DictConfig | None) -> Any:

@@ -1,0 +1,76 @@
+"""``task=infer_latents``: z_sem of every tile of a dataset by the EMA encoder, in dataset order.
+
+Runs Lightning's predict loop (any number of devices); each rank encodes its share, the codes are gathered
+and put back in dataset order (the distributed sampler's padding dropped), and rank 0 writes
+``latents.pt`` + ``latents.npy`` into the run directory (see ``rockgen.latents``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from rockgen.latents import Latents, encoder_fingerprint, latent_stats, save_latents
+from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
+from rockgen.tasks.build import build_callbacks, build_strategy
+
+
+class GatherLatents(BasePredictionWriter):
+    """Collects every rank's (index, z) at the end of prediction and keeps them in dataset order."""
+
+    def __init__(self, num_items: int) -> None:
+        super().__init__(write_interval="epoch")
+        self.num_items = num_items
+        self.z: torch.Tensor | None = None
+
+    def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
+        z = torch.cat([p["z"] for p in preds]).to(pl_module.device)
+        idx = torch.cat([p["index"] for p in preds]).to(pl_module.device)
+        if trainer.world_size > 1:  # equal counts per rank: the distributed sampler pads
+            z = pl_module.all_gather(z).flatten(0, 1)
+            idx = pl_module.all_gather(idx).flatten(0)
+        out = torch.empty(self.num_items, z.shape[1], dtype=z.dtype, device=z.device)
+        seen = torch.zeros(self.num_items, dtype=torch.bool, device=z.device)
+        out[idx] = z  # padding repeats items: identical codes land on the same row
+        seen[idx] = True
+        if not bool(seen.all()):
+            raise RuntimeError(f"latent inference missed {int((~seen).sum())} of {self.num_items} items")
+        self.z = out.cpu()
+
+
+def infer_latents(cfg: DictConfig) -> dict[str, Any]:
+    """Encode the dataset of ``cfg.data`` with the autoencoder at ``cfg.ckpt_path``; write the latents file."""
+    from experiment import LitModel
+
+    if not cfg.ckpt_path:
+        raise ValueError("task=infer_latents needs ckpt_path=<autoencoder checkpoint>")
+    try:
+        model = load_checkpoint_module(cfg.ckpt_path, expect=LitModel)
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (task=infer_latents needs a DiffAE autoencoder checkpoint)") from None
+    run_dir = Path(cfg.paths.run_dir)
+    dm = hydra.utils.instantiate(cfg.data, image_size=model.image_size, _convert_="all")
+    dm.setup("predict")
+    paths = dm.predict_paths()
+    labels_of_file = dict(zip(dm.files, dm.labels()))
+    writer = GatherLatents(len(paths))
+    trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=False, callbacks=[writer, *build_callbacks(cfg.get("callbacks"), only=("progress",))],
+        strategy=build_strategy(cfg.get("strategy")), default_root_dir=str(run_dir), max_steps=-1,
+    )
+    trainer.predict(model, datamodule=dm, return_predictions=True)
+    if not trainer.is_global_zero:
+        return {"run_dir": run_dir}
+    mean, std = latent_stats(writer.z)
+    lat = Latents(z=writer.z, paths=paths, labels=[labels_of_file[p] for p in paths], mean=mean, std=std,
+                  fingerprint=encoder_fingerprint(model.ema_model.encoder), checkpoint=str(cfg.ckpt_path),
+                  image_size=model.image_size, global_step=model.loaded_from["global_step"])
+    pt, npy = save_latents(run_dir / cfg.latents_name, lat)
+    print(f"Wrote {lat.z.shape[0]} codes of width {lat.dim} to {pt} (and {npy.name})", flush=True)
+    return {"run_dir": run_dir, "latents_path": pt, "npy_path": npy, "num_items": lat.z.shape[0]}

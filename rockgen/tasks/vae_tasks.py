@@ -1,0 +1,158 @@
+"""Tasks of the VAE baseline: extract latents (and fit their Gaussian), reconstruct tiles, interpolate.
+
+    python run.py template=demo_vae                                  # train (the ordinary train task)
+    python run.py task=vae_latents template=demo_vae                 # latents.npy, latent_gaussian.npz,
+                                                                     #   vae_gaussian.ckpt (Gaussian inside)
+    python run.py task=vae_reconstruct template=demo_vae vae.target_size=128
+    python run.py task=vae_interpolate template=demo_vae vae.pair=[0,10] vae.steps=8
+
+``ckpt_path`` defaults to ``logs/train/<template>/checkpoints/last.ckpt``. Generation (``model.sample``) is the
+shared ``task=generate``; ``upscale_lanczos`` is the ``target_size`` resize these tasks use.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from rockgen.data import TileDataset
+from rockgen.latents import Latents, encoder_fingerprint, latent_stats, save_latents
+from rockgen.lit.checkpoint import load_checkpoint_module, read_checkpoint
+from rockgen.lit.vae import LitVAE
+from rockgen.tasks import write_json
+from rockgen.visual import save_grid, save_images, to_uint8
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "all")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` = the first CUDA device if there is one, else the CPU; anything else as torch spells it."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+
+
+def tiles_of(data: DictConfig | dict[str, Any], image_size: int, split: str) -> tuple[Any, Dataset]:
+    """(data module, deterministic tiles (no augmentation)) of the data config at ``image_size``.
+
+    ``train``: every grid tile of the training files; ``val``: the held-out tiles validation uses (capped by
+    ``data.val_max_items``); ``all``: the predict set (every file, grid tiles or one centre crop each).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    dm = hydra.utils.instantiate(data, image_size=image_size, _convert_="all")
+    dm.prepare_data()
+    dm.setup("predict" if split == "all" else "fit")
+    if split == "all":
+        return dm, dm.predict_set
+    if split == "train":
+        return dm, TileDataset(dm.train_files, image_size, mode="grid")
+    if dm.val_set is None:
+        raise ValueError(f"no held-out files in {dm.data_root} (data.val_fraction={dm.val_fraction})")
+    return dm, dm.val_set
+
+
+def tile_paths(dataset: Dataset) -> list[str]:
+    """Source file of every item of a TileDataset or a Subset of one."""
+    indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))
+    tiles = dataset.dataset if isinstance(dataset, Subset) else dataset
+    return [tiles.files[tiles.item_source(int(i))] for i in indices]
+
+
+def upscale_lanczos(images01: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Resize (N, 3, H, W) in [0, 1] to (N, 3, size, size) with Lanczos (PIL, on uint8); None = unchanged."""
+    if not size or size == images01.shape[-1]:
+        return images01
+    out = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in to_uint8(images01)]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
+
+
+def load_vae(cfg: DictConfig, device: torch.device) -> LitVAE:
+    if not cfg.ckpt_path:
+        raise ValueError("ckpt_path: give the checkpoint of a trained VAE (task=train template=demo_vae)")
+    return load_checkpoint_module(cfg.ckpt_path, map_location=device, expect=LitVAE)
+
+
+@torch.no_grad()
+def encode_tiles(model: LitVAE, dataset: Dataset, batch_size: int, num_workers: int = 0) -> np.ndarray:
+    """Posterior means μ (N, latent_dim) float32 of every item of the dataset, in order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    return np.concatenate([model.encode(b["img"].to(model.device))[0].cpu().numpy() for b in loader])
+
+
+def extract_latents(cfg: DictConfig) -> dict[str, Any]:
+    """Encode a split (``latents.pt`` + ``.npy`` as task=infer_latents writes them), fit the Gaussian of the
+    latents and write a checkpoint that holds it."""
+    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
+    model = load_vae(cfg, pick_device(conf.device))
+    dm, dataset = tiles_of(cfg.data, model.image_size, conf.split)
+    latents = encode_tiles(model, dataset, conf.batch_size, cfg.data.num_workers)
+    z = torch.from_numpy(latents)
+    paths, label_of = tile_paths(dataset), dict(zip(dm.files, dm.labels(), strict=True))
+    mean, std = latent_stats(z)
+    save_latents(run_dir / "latents.pt", Latents(
+        z=z, paths=paths, labels=[label_of[p] for p in paths], mean=mean, std=std,
+        fingerprint=encoder_fingerprint(model.net), checkpoint=str(cfg.ckpt_path), image_size=model.image_size,
+        global_step=model.loaded_from["global_step"]))
+    stats = model.fit_latent_gaussian(latents)
+    np.savez(run_dir / "latent_gaussian.npz", **stats)
+    ckpt = read_checkpoint(cfg.ckpt_path, "cpu")
+    ckpt["state_dict"].update({k: v.cpu() for k, v in model.state_dict().items() if k.startswith("latent_")})
+    torch.save(ckpt, run_dir / "vae_gaussian.ckpt")
+    result = {"checkpoint": str(cfg.ckpt_path), "split": conf.split, "num_latents": int(latents.shape[0]),
+              "latent_dim": int(latents.shape[1]), "latent_mean_norm": float(np.linalg.norm(stats["mean"])),
+              "latent_cov_trace": float(np.trace(stats["cov"])), "gaussian_checkpoint": str(run_dir / "vae_gaussian.ckpt")}
+    write_json(run_dir / "vae_latents.json", result)
+    log.info("%d latents of %s → %s", latents.shape[0], conf.split, run_dir)
+    return result
+
+
+@torch.no_grad()
+def reconstruct(cfg: DictConfig) -> dict[str, Any]:
+    """Reconstruct held-out tiles: PSNR/SSIM(/LPIPS), a grid (originals | reconstructions) and PNGs."""
+    from rockgen.metrics import ReconstructionMetrics
+
+    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
+    model = load_vae(cfg, pick_device(conf.device))
+    loader = DataLoader(tiles_of(cfg.data, model.image_size, conf.split)[1], batch_size=conf.batch_size)
+    metrics = ReconstructionMetrics().to(model.device)
+    grid, start = None, 0
+    for batch in loader:
+        x = batch["img"].to(model.device)
+        rec, target = model.reconstruct(x), (x + 1) / 2
+        metrics.update(rec, target)
+        if grid is None:
+            grid = torch.cat([target[:8], rec[:8]]).cpu()
+        save_images(upscale_lanczos(rec.cpu(), conf.target_size), run_dir / "reconstructions", start)
+        start += x.shape[0]
+    save_grid(grid, run_dir / "reconstructions.png", nrow=grid.shape[0] // 2)
+    result = {"checkpoint": str(cfg.ckpt_path), "split": conf.split, "images": start, **metrics.compute()}
+    write_json(run_dir / "reconstruction.json", result)
+    return result
+
+
+@torch.no_grad()
+def interpolate(cfg: DictConfig) -> dict[str, Any]:
+    """Decode the straight line between the codes of two tiles: a strip of ``vae.steps`` images."""
+    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
+    model = load_vae(cfg, pick_device(conf.device))
+    if conf.images:  # two image files, centre-cropped (or resized) to the model's size
+        ends = [TileDataset([p], model.image_size, mode="center_crop")[0]["img"] for p in conf.images]
+    else:
+        dataset = tiles_of(cfg.data, model.image_size, conf.split)[1]
+        ends = [dataset[int(i)]["img"] for i in conf.pair]
+    if len(ends) != 2:
+        raise ValueError("vae.pair (two tile indices) or vae.images (two files) must name exactly two images")
+    x_a, x_b = (e[None].to(model.device) for e in ends)
+    strip = upscale_lanczos(model.interpolate(x_a, x_b, conf.steps)[0].cpu(), conf.target_size)
+    path = save_grid(strip, run_dir / "interpolation.png", nrow=strip.shape[0])
+    save_images(strip, run_dir / "interpolation")
+    return {"checkpoint": str(cfg.ckpt_path), "steps": int(conf.steps), "strip": str(path)}
