@@ -42,14 +42,32 @@ def _schedule(conf: DiffusionConf) -> Schedule:
 class LitModel(RockgenModule):
     """DiffAE (Preechakul et al., CVPR 2022) as a LightningModule; hyper-parameters are plain dicts."""
 
-    def __init__(self, unet: dict, encoder: dict, diffusion: dict | None = None, optim: dict | None = None,
-                 ema: dict | None = None, evaluation: dict | None = None, lpips_weight: float = 0.0,
-                 channels_last: bool = True, latent: dict | None = None, stage: str = "autoenc") -> None:
+    def __init__(
+        self,
+        unet: dict,
+        encoder: dict,
+        diffusion: dict | None = None,
+        optim: dict | None = None,
+        ema: dict | None = None,
+        evaluation: dict | None = None,
+        lpips_weight: float = 0.0,
+        channels_last: bool = True,
+        latent: dict | None = None,
+        stage: str = "autoenc",
+    ) -> None:
         super().__init__()
-        hp = dict(unet=to_plain(unet), encoder=to_plain(encoder), diffusion=to_plain(diffusion or {}),
-                  optim=to_plain(optim or {}), ema=to_plain(ema or {}), evaluation=to_plain(evaluation or {}),
-                  lpips_weight=float(lpips_weight), channels_last=bool(channels_last),
-                  latent=to_plain(latent), stage=stage)
+        hp = dict(
+            unet=to_plain(unet),
+            encoder=to_plain(encoder),
+            diffusion=to_plain(diffusion or {}),
+            optim=to_plain(optim or {}),
+            ema=to_plain(ema or {}),
+            evaluation=to_plain(evaluation or {}),
+            lpips_weight=float(lpips_weight),
+            channels_last=bool(channels_last),
+            latent=to_plain(latent),
+            stage=stage,
+        )
         self.save_hyperparameters(hp)
         if stage not in STAGES:
             raise ValueError(f"unknown model.stage {stage!r}; choose one of {sorted(STAGES)}")
@@ -90,18 +108,30 @@ class LitModel(RockgenModule):
         return self.ema_model.encoder(x.to(self.device, memory_format=self.memory_format)).float()
 
     @torch.no_grad()
-    def encode_stochastic(self, x: torch.Tensor, cond: torch.Tensor, T: int | None = None,
-                          progress: bool = False) -> torch.Tensor:
+    def encode_stochastic(
+        self, x: torch.Tensor, cond: torch.Tensor, T: int | None = None, progress: bool = False
+    ) -> torch.Tensor:
         """DDIM-invert images x (B, 3, H, W) in [-1, 1] given z_sem ``cond`` → x_T (B, 3, H, W)."""
         check_images(x, self.image_size, "encode_stochastic(x)")
         x = x.to(self.device, memory_format=self.memory_format)
-        return ddim_invert(self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T,
-                           clip_x0=self.diffusion_conf.clip_x0, prediction=self.diffusion_conf.prediction,
-                           progress=progress)
+        return ddim_invert(
+            self.decoder_fn(cond),
+            x,
+            self.schedule,
+            T or self.eval_conf.render_T,
+            clip_x0=self.diffusion_conf.clip_x0,
+            prediction=self.diffusion_conf.prediction,
+            progress=progress,
+        )
 
     @torch.no_grad()
-    def render(self, noise: torch.Tensor, cond: torch.Tensor | None = None, T: int | None = None,
-               progress: bool = False) -> torch.Tensor:
+    def render(
+        self,
+        noise: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        T: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) by DDIM → images in [0, 1].
 
         With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint).
@@ -109,15 +139,29 @@ class LitModel(RockgenModule):
         if cond is None:
             cond = self.sample_latents(noise.shape[0], noise.device)
         x = noise.to(self.device, memory_format=self.memory_format)
-        x0 = ddim_sample(self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T,
-                         clip_x0=self.diffusion_conf.clip_x0, prediction=self.diffusion_conf.prediction,
-                         progress=progress)
+        x0 = ddim_sample(
+            self.decoder_fn(cond),
+            x,
+            self.schedule,
+            T or self.eval_conf.render_T,
+            clip_x0=self.diffusion_conf.clip_x0,
+            prediction=self.diffusion_conf.prediction,
+            progress=progress,
+        )
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def sample(self, N: int, device: torch.device | str | None = None, T: int | None = None,
-               T_latent: int | None = None, seed: int | None = None, noise: torch.Tensor | None = None,
-               latent_noise: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
+    def sample(
+        self,
+        N: int,
+        device: torch.device | str | None = None,
+        T: int | None = None,
+        T_latent: int | None = None,
+        seed: int | None = None,
+        noise: torch.Tensor | None = None,
+        latent_noise: torch.Tensor | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
 
         Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself).
@@ -134,20 +178,34 @@ class LitModel(RockgenModule):
         return self.latent_conf is not None
 
     @torch.no_grad()
-    def sample_latents(self, n: int, device: torch.device | str | None = None, T_latent: int | None = None,
-                       generator: torch.Generator | None = None, noise: torch.Tensor | None = None,
-                       normalised: bool = False) -> torch.Tensor:
+    def sample_latents(
+        self,
+        n: int,
+        device: torch.device | str | None = None,
+        T_latent: int | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        normalised: bool = False,
+    ) -> torch.Tensor:
         """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation)."""
         if not self.has_latent or not bool(self.latent_ready):
-            raise RuntimeError("this checkpoint has no trained latent DDIM, so it cannot sample z_sem: train "
-                               "stage 2 with template=<res>_latent (or demo_latent) and load that checkpoint")
+            raise RuntimeError(
+                "this checkpoint has no trained latent DDIM, so it cannot sample z_sem: train "
+                "stage 2 with template=<res>_latent (or demo_latent) and load that checkpoint"
+            )
         device = torch.device(device) if device is not None else self.device
         if noise is None:
             noise = torch.randn(n, self.latent_mean.shape[0], generator=generator, device=device)
         d = self.latent_conf.diffusion
         net = self.ema_model.latent_net
-        zn = ddim_sample(lambda z, t: net(z, t), noise.to(self.device).float(), self.latent_schedule,
-                         T_latent or self.latent_conf.T_latent, clip_x0=False, prediction=d.prediction)
+        zn = ddim_sample(
+            lambda z, t: net(z, t),
+            noise.to(self.device).float(),
+            self.latent_schedule,
+            T_latent or self.latent_conf.T_latent,
+            clip_x0=False,
+            prediction=d.prediction,
+        )
         return zn if normalised else self.denormalise_latents(zn)
 
     def denormalise_latents(self, zn: torch.Tensor) -> torch.Tensor:

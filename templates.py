@@ -60,10 +60,13 @@ def _ladder(resolution: int) -> Ladder:
     if resolution == 128:
         return Ladder(128, (1, 1, 2, 3, 4), (1, 1, 2, 3, 4, 4), total_samples=130_000_000)
     if resolution == 256:
-        return Ladder(128, (1, 1, 2, 2, 4, 4), (1, 1, 2, 2, 4, 4, 4), batch_size=64, total_samples=200_000_000)
+        return Ladder(
+            128, (1, 1, 2, 2, 4, 4), (1, 1, 2, 2, 4, 4, 4), batch_size=64, total_samples=200_000_000
+        )
     if resolution == 512:
-        return Ladder(64, (1, 2, 2, 4, 4, 8, 8), (1, 2, 2, 4, 4, 8, 8, 8), batch_size=32,
-                      total_samples=200_000_000)
+        return Ladder(
+            64, (1, 2, 2, 4, 4, 8, 8), (1, 2, 2, 4, 4, 8, 8, 8), batch_size=32, total_samples=200_000_000
+        )
     raise ValueError(f"no preset for resolution {resolution}; choose one of {RESOLUTIONS}")
 
 
@@ -81,14 +84,28 @@ class AutoencModel:
     channels_last: bool = True
 
 
-def _preset(name: str, target: str, model: Any, *, image_size: int, batch_size: int, max_steps: int,
-            val_every: int, ckpt_every: int, val_batches: int | float = 4) -> dict[str, Any]:
+def _preset(
+    name: str,
+    target: str,
+    model: Any,
+    *,
+    image_size: int,
+    batch_size: int,
+    max_steps: int,
+    val_every: int,
+    ckpt_every: int,
+    val_batches: int | float = 4,
+) -> dict[str, Any]:
     """The global-package node of a preset: model args plus the data/trainer/callback values it fixes."""
     return {
         "template_name": name,
         "model": {"_target_": target, **to_plain(model)},
         "data": {"image_size": image_size, "batch_size": batch_size},
-        "trainer": {"max_steps": max_steps, "val_check_interval": val_every, "limit_val_batches": val_batches},
+        "trainer": {
+            "max_steps": max_steps,
+            "val_check_interval": val_every,
+            "limit_val_batches": val_batches,
+        },
         "callbacks": {"checkpoint": {"every_n_train_steps": ckpt_every}},
     }
 
@@ -96,21 +113,47 @@ def _preset(name: str, target: str, model: Any, *, image_size: int, batch_size: 
 def autoenc_preset(resolution: int) -> dict[str, Any]:
     """DiffAE autoencoder at 64/128/256/512 px with the official hyper-parameters."""
     lad = _ladder(resolution)
-    unet = UNetConfig(image_size=resolution, model_channels=lad.base, channel_mult=lad.decoder_mult,
-                      attention_resolutions=lad.attention, dropout=0.1, cond_channels=512,
-                      gradient_checkpointing=resolution >= 512)
-    enc = EncoderConfig(image_size=resolution, model_channels=lad.base, channel_mult=lad.encoder_mult,
-                        attention_resolutions=lad.attention, out_channels=512,
-                        gradient_checkpointing=resolution >= 512)
+    unet = UNetConfig(
+        image_size=resolution,
+        model_channels=lad.base,
+        channel_mult=lad.decoder_mult,
+        attention_resolutions=lad.attention,
+        dropout=0.1,
+        cond_channels=512,
+        gradient_checkpointing=resolution >= 512,
+    )
+    enc = EncoderConfig(
+        image_size=resolution,
+        model_channels=lad.base,
+        channel_mult=lad.encoder_mult,
+        attention_resolutions=lad.attention,
+        out_channels=512,
+        gradient_checkpointing=resolution >= 512,
+    )
     model = AutoencModel(unet, enc, evaluation=EvalConf(T=[10, 20, 50, 100]))
     steps = lad.total_samples // lad.batch_size
-    return _preset(f"rock{resolution}_autoenc", "experiment.LitModel", model, image_size=resolution,
-                   batch_size=lad.batch_size, max_steps=steps, val_every=10_000,
-                   ckpt_every=max(1, 100_000 // lad.batch_size))
+    return _preset(
+        f"rock{resolution}_autoenc",
+        "experiment.LitModel",
+        model,
+        image_size=resolution,
+        batch_size=lad.batch_size,
+        max_steps=steps,
+        val_every=10_000,
+        ckpt_every=max(1, 100_000 // lad.batch_size),
+    )
 
 
-def latent_preset(base: dict[str, Any], name: str, latent: LatentConf, *, batch_size: int, max_steps: int,
-                  val_every: int, ckpt_every: int) -> dict[str, Any]:
+def latent_preset(
+    base: dict[str, Any],
+    name: str,
+    latent: LatentConf,
+    *,
+    batch_size: int,
+    max_steps: int,
+    val_every: int,
+    ckpt_every: int,
+) -> dict[str, Any]:
     """Stage 2 on top of an autoencoder preset: same networks (weights come from ``autoenc_ckpt``), the latent
     DDIM trained on the latents file (data group switched to ``latents``)."""
     model = {**base["model"], "stage": "latent", "latent": to_plain(latent)}
@@ -126,15 +169,42 @@ def latent_preset(base: dict[str, Any], name: str, latent: LatentConf, *, batch_
 
 def demo_preset() -> dict[str, Any]:
     """A tiny DiffAE on the embedded demo tiles: trains, validates and checkpoints in minutes on 2 CPU cores."""
-    unet = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(8,), dropout=0.0, embed_channels=128, cond_channels=128)
-    enc = EncoderConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2, 4), num_res_blocks=1,
-                        attention_resolutions=(8,), out_channels=128)
-    model = AutoencModel(unet, enc, optim=OptimConf(lr=4e-4, warmup_steps=50),
-                         ema=EMAConf(decay=0.999, warmup=True),
-                         evaluation=EvalConf(T=[10, 20], grid_images=8))
-    return _preset("demo", "experiment.LitModel", model, image_size=32, batch_size=32, max_steps=600,
-                   val_every=300, ckpt_every=300, val_batches=1)
+    unet = UNetConfig(
+        image_size=32,
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.0,
+        embed_channels=128,
+        cond_channels=128,
+    )
+    enc = EncoderConfig(
+        image_size=32,
+        model_channels=32,
+        channel_mult=(1, 2, 2, 4),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        out_channels=128,
+    )
+    model = AutoencModel(
+        unet,
+        enc,
+        optim=OptimConf(lr=4e-4, warmup_steps=50),
+        ema=EMAConf(decay=0.999, warmup=True),
+        evaluation=EvalConf(T=[10, 20], grid_images=8),
+    )
+    return _preset(
+        "demo",
+        "experiment.LitModel",
+        model,
+        image_size=32,
+        batch_size=32,
+        max_steps=600,
+        val_every=300,
+        ckpt_every=300,
+        val_batches=1,
+    )
 
 
 @dataclass
@@ -155,23 +225,59 @@ def pixel_preset(resolution: int) -> dict[str, Any]:
     At 64-256 px this is the official DiffAE DDPM baseline's UNet (``ffhq*_ddpm``).
     """
     lad = _ladder(resolution)
-    unet = UNetConfig(image_size=resolution, model_channels=lad.base, channel_mult=lad.decoder_mult,
-                      attention_resolutions=lad.attention, dropout=0.1, cond_channels=None,
-                      gradient_checkpointing=resolution >= 512)
+    unet = UNetConfig(
+        image_size=resolution,
+        model_channels=lad.base,
+        channel_mult=lad.decoder_mult,
+        attention_resolutions=lad.attention,
+        dropout=0.1,
+        cond_channels=None,
+        gradient_checkpointing=resolution >= 512,
+    )
     model = PixelModel(unet, evaluation=SampleGridConf(T=[20, 50], grid_images=8))
-    return _preset(f"rock{resolution}_pixel", "rockgen.lit.pixel.PixelDiffusion", model, image_size=resolution,
-                   batch_size=lad.batch_size, max_steps=lad.total_samples // lad.batch_size, val_every=10_000,
-                   ckpt_every=max(1, 100_000 // lad.batch_size), val_batches=1)
+    name, steps = f"rock{resolution}_pixel", lad.total_samples // lad.batch_size
+    return _preset(
+        name,
+        "rockgen.lit.pixel.PixelDiffusion",
+        model,
+        image_size=resolution,
+        batch_size=lad.batch_size,
+        max_steps=steps,
+        val_every=10_000,
+        ckpt_every=max(1, 100_000 // lad.batch_size),
+        val_batches=1,
+    )
 
 
 def demo_pixel_preset() -> dict[str, Any]:
     """The demo's UNet without z_sem: the pixel DDPM baseline in minutes on 2 CPU cores."""
-    unet = UNetConfig(image_size=32, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
-                      attention_resolutions=(8,), dropout=0.0, embed_channels=128, cond_channels=None)
-    model = PixelModel(unet, optim=OptimConf(lr=4e-4, warmup_steps=50), ema=EMAConf(decay=0.999, warmup=True),
-                       evaluation=SampleGridConf(T=[10, 20], grid_images=8))
-    return _preset("demo_pixel", "rockgen.lit.pixel.PixelDiffusion", model, image_size=32, batch_size=32,
-                   max_steps=600, val_every=300, ckpt_every=300, val_batches=1)
+    unet = UNetConfig(
+        image_size=32,
+        model_channels=32,
+        channel_mult=(1, 2, 2),
+        num_res_blocks=1,
+        attention_resolutions=(8,),
+        dropout=0.0,
+        embed_channels=128,
+        cond_channels=None,
+    )
+    model = PixelModel(
+        unet,
+        optim=OptimConf(lr=4e-4, warmup_steps=50),
+        ema=EMAConf(decay=0.999, warmup=True),
+        evaluation=SampleGridConf(T=[10, 20], grid_images=8),
+    )
+    return _preset(
+        "demo_pixel",
+        "rockgen.lit.pixel.PixelDiffusion",
+        model,
+        image_size=32,
+        batch_size=32,
+        max_steps=600,
+        val_every=300,
+        ckpt_every=300,
+        val_batches=1,
+    )
 
 
 @dataclass
@@ -195,48 +301,97 @@ def _vit(resolution: int) -> tuple[ViTAEConfig, int]:
     """
     if resolution not in RESOLUTIONS:
         raise ValueError(f"no preset for resolution {resolution}; choose one of {RESOLUTIONS}")
-    patch, width, depth, batch = {64: (8, 384, 6, 128), 128: (8, 512, 8, 64), 256: (16, 768, 12, 64),
-                                  512: (16, 768, 12, 32)}[resolution]
-    net = ViTAEConfig(image_size=resolution, patch_size=patch, width=width, encoder_depth=depth,
-                      decoder_depth=depth, num_heads=width // 64, latent_dim=512,
-                      gradient_checkpointing=resolution >= 512)
+    patch, width, depth, batch = {
+        64: (8, 384, 6, 128),
+        128: (8, 512, 8, 64),
+        256: (16, 768, 12, 64),
+        512: (16, 768, 12, 32),
+    }[resolution]
+    net = ViTAEConfig(
+        image_size=resolution,
+        patch_size=patch,
+        width=width,
+        encoder_depth=depth,
+        decoder_depth=depth,
+        num_heads=width // 64,
+        latent_dim=512,
+        gradient_checkpointing=resolution >= 512,
+    )
     return net, batch
 
 
 def vae_preset(resolution: int) -> dict[str, Any]:
     """Transformer VAE at 64/128/256/512 px: 20 M training samples (an autoencoder converges far sooner)."""
     net, batch = _vit(resolution)
-    return _preset(f"rock{resolution}_vae", "rockgen.lit.vae.LitVAE", VAEModel(net), image_size=resolution,
-                   batch_size=batch, max_steps=20_000_000 // batch, val_every=5_000,
-                   ckpt_every=max(1, 100_000 // batch))
+    return _preset(
+        f"rock{resolution}_vae",
+        "rockgen.lit.vae.LitVAE",
+        VAEModel(net),
+        image_size=resolution,
+        batch_size=batch,
+        max_steps=20_000_000 // batch,
+        val_every=5_000,
+        ckpt_every=max(1, 100_000 // batch),
+    )
 
 
 def demo_vae_preset() -> dict[str, Any]:
     """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128 like the demo's z_sem)."""
-    net = ViTAEConfig(image_size=32, patch_size=4, width=128, encoder_depth=3, decoder_depth=3, num_heads=4,
-                      latent_dim=128, head_channels=16)
-    model = VAEModel(net, optim=OptimConf(lr=4e-4, weight_decay=0.05, warmup_steps=50),
-                     ema=EMAConf(decay=0.999, warmup=True))
-    return _preset("demo_vae", "rockgen.lit.vae.LitVAE", model, image_size=32, batch_size=32, max_steps=600,
-                   val_every=300, ckpt_every=300, val_batches=2)
+    net = ViTAEConfig(
+        image_size=32,
+        patch_size=4,
+        width=128,
+        encoder_depth=3,
+        decoder_depth=3,
+        num_heads=4,
+        latent_dim=128,
+        head_channels=16,
+    )
+    model = VAEModel(
+        net,
+        optim=OptimConf(lr=4e-4, weight_decay=0.05, warmup_steps=50),
+        ema=EMAConf(decay=0.999, warmup=True),
+    )
+    return _preset(
+        "demo_vae",
+        "rockgen.lit.vae.LitVAE",
+        model,
+        image_size=32,
+        batch_size=32,
+        max_steps=600,
+        val_every=300,
+        ckpt_every=300,
+        val_batches=2,
+    )
 
 
 def presets() -> dict[str, dict[str, Any]]:
     """Every preset by name (aliases ``rockN`` = ``rockN_autoenc``)."""
     out = {"demo": demo_preset(), "demo_pixel": demo_pixel_preset(), "demo_vae": demo_vae_preset()}
     # demo stage 2: a small MLP (4 x 256) fits the 128-d codes of a few hundred tiles in a minute
-    demo_latent = LatentConf(net={"hidden_channels": 256, "num_layers": 4}, T_latent=20, grid_samples=16,
-                             optim=OptimConf(lr=1e-3, weight_decay=0.01, warmup_steps=50),
-                             ema=EMAConf(decay=0.999, warmup=True))
-    out["demo_latent"] = latent_preset(out["demo"], "demo_latent", demo_latent, batch_size=64, max_steps=1500,
-                                       val_every=500, ckpt_every=500)
+    demo_latent = LatentConf(
+        net={"hidden_channels": 256, "num_layers": 4},
+        T_latent=20,
+        grid_samples=16,
+        optim=OptimConf(lr=1e-3, weight_decay=0.01, warmup_steps=50),
+        ema=EMAConf(decay=0.999, warmup=True),
+    )
+    out["demo_latent"] = latent_preset(
+        out["demo"], "demo_latent", demo_latent, batch_size=64, max_steps=1500, val_every=500, ckpt_every=500
+    )
     for res in RESOLUTIONS:
         out[f"rock{res}_autoenc"] = autoenc_preset(res)
         out[f"rock{res}"] = out[f"rock{res}_autoenc"]
         # official latent stage: 101 M codes at batch 256, AdamW lr 1e-4 wd 0.01, EMA 0.9999
-        out[f"rock{res}_latent"] = latent_preset(out[f"rock{res}"], f"rock{res}_latent", LatentConf(),
-                                                 batch_size=256, max_steps=101_000_000 // 256, val_every=10_000,
-                                                 ckpt_every=10_000)
+        out[f"rock{res}_latent"] = latent_preset(
+            out[f"rock{res}"],
+            f"rock{res}_latent",
+            LatentConf(),
+            batch_size=256,
+            max_steps=101_000_000 // 256,
+            val_every=10_000,
+            ckpt_every=10_000,
+        )
         out[f"rock{res}_pixel"] = pixel_preset(res)
         out[f"rock{res}_vae"] = vae_preset(res)
     return out

@@ -69,10 +69,18 @@ def save_latents(path: str | Path, lat: Latents) -> tuple[Path, Path]:
     """Write ``<path>`` (.pt) and the same codes as ``<path>.with_suffix('.npy')``; returns both paths."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"z": lat.z.float().cpu(), "paths": list(lat.paths), "labels": list(lat.labels),
-               "mean": lat.mean.cpu(), "std": lat.std.cpu(), "fingerprint": lat.fingerprint,
-               "checkpoint": lat.checkpoint, "image_size": int(lat.image_size),
-               "global_step": int(lat.global_step), "format": "rockgen-latents-1"}
+    payload = {
+        "z": lat.z.float().cpu(),
+        "paths": list(lat.paths),
+        "labels": list(lat.labels),
+        "mean": lat.mean.cpu(),
+        "std": lat.std.cpu(),
+        "fingerprint": lat.fingerprint,
+        "checkpoint": lat.checkpoint,
+        "image_size": int(lat.image_size),
+        "global_step": int(lat.global_step),
+        "format": "rockgen-latents-1",
+    }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
@@ -81,27 +89,42 @@ def save_latents(path: str | Path, lat: Latents) -> tuple[Path, Path]:
     return path, npy
 
 
-def load_latents(path: str | Path, expect_dim: int | None = None, expect_fingerprint: str | None = None
-                 ) -> Latents:
+def load_latents(
+    path: str | Path, expect_dim: int | None = None, expect_fingerprint: str | None = None
+) -> Latents:
     """Read a latents file with clear errors for a missing file, a wrong width or a different autoencoder."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"latents file not found: {path} (make one with: python run.py "
-                                "task=infer_latents ckpt_path=<autoencoder checkpoint>)")
+        raise FileNotFoundError(
+            f"latents file not found: {path} (make one with: python run.py "
+            "task=infer_latents ckpt_path=<autoencoder checkpoint>)"
+        )
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ValueError(f"cannot read latents file {path}: {err}") from err
     if not isinstance(d, dict) or d.get("format") != "rockgen-latents-1":
         raise ValueError(f"{path} is not a rockgen latents file (expected the output of task=infer_latents)")
-    lat = Latents(z=d["z"], paths=d["paths"], labels=d["labels"], mean=d["mean"], std=d["std"],
-                  fingerprint=d["fingerprint"], checkpoint=d.get("checkpoint", ""),
-                  image_size=d.get("image_size", 0), global_step=d.get("global_step", 0))
+    lat = Latents(
+        z=d["z"],
+        paths=d["paths"],
+        labels=d["labels"],
+        mean=d["mean"],
+        std=d["std"],
+        fingerprint=d["fingerprint"],
+        checkpoint=d.get("checkpoint", ""),
+        image_size=d.get("image_size", 0),
+        global_step=d.get("global_step", 0),
+    )
     if expect_dim is not None and lat.dim != expect_dim:
-        raise ValueError(f"latents file {path} holds {lat.dim}-d codes but the model's z_sem is {expect_dim}-d "
-                         "(was it made with another autoencoder?)")
+        raise ValueError(
+            f"latents file {path} holds {lat.dim}-d codes but the model's z_sem is {expect_dim}-d "
+            "(was it made with another autoencoder?)"
+        )
     if expect_fingerprint is not None and lat.fingerprint != expect_fingerprint:
-        raise ValueError(f"latents file {path} was made by a different autoencoder (fingerprint "
-                         f"{lat.fingerprint}, this checkpoint's encoder is {expect_fingerprint}; file made from "
-                         f"{lat.checkpoint or 'unknown'}): re-run task=infer_latents with this checkpoint")
+        raise ValueError(
+            f"latents file {path} was made by a different autoencoder (fingerprint "
+            f"{lat.fingerprint}, this checkpoint's encoder is {expect_fingerprint}; file made from "
+            f"{lat.checkpoint or 'unknown'}): re-run task=infer_latents with this checkpoint"
+        )
     return lat

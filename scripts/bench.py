@@ -56,13 +56,24 @@ class Config:
     precision: str  # fp32 or bf16 (autocast)
     channels_last: bool
     compile: bool = False
-    malloc_tunables: bool = False
+    malloc_tunables: bool = False  # GLIBC_TUNABLES=MALLOC_TUNABLES in the worker's environment
+    omp_passive: bool = False  # OMP_WAIT_POLICY=PASSIVE in the worker's environment
 
     @property
     def name(self) -> str:
         parts = [self.precision, "cl" if self.channels_last else "nchw"]
-        parts += ["+compile"] * self.compile + ["+tunables"] * self.malloc_tunables
+        parts += ["+compile"] * self.compile + ["+tunables"] * self.malloc_tunables + ["+passive"] * self.omp_passive
         return " ".join(parts)
+
+    def env(self, threads: int) -> dict[str, str]:
+        """The worker's environment: ours minus the variables under test, plus those this row sets."""
+        env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "OMP_WAIT_POLICY")}
+        env["OMP_NUM_THREADS"] = str(threads)
+        if self.malloc_tunables:
+            env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
+        if self.omp_passive:
+            env["OMP_WAIT_POLICY"] = "PASSIVE"
+        return env
 
 
 # ------------------------------------------------------------------------------------------------ worker side
@@ -85,20 +96,46 @@ def _rss_gb() -> float:
     return kib * (1 if sys.platform != "darwin" else 1 / 1024) / 2**20
 
 
-def _timed(tag: str, what: str, fn, iters: int, device, warmup_fn=None) -> list[float]:
-    """Run warmup_fn (or fn) once untimed, then fn ``iters`` times; return the seconds of each timed call."""
+def _cpu_busy_s() -> float:
+    """Seconds of CPU time spent by every process on the machine since boot (/proc/stat), or 0 if unknown."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def other_load(busy0: float, own0: float, wall0: float) -> float:
+    """Average number of cores used by *other* processes since (busy0, own0, wall0): the noise of a run."""
+    own = sum(os.times()[:2])
+    return max(0.0, (_cpu_busy_s() - busy0 - (own - own0)) / max(time.perf_counter() - wall0, 1e-9))
+
+
+def _counters() -> tuple[float, float, float]:
+    return _cpu_busy_s(), sum(os.times()[:2]), time.perf_counter()
+
+
+def _timed(tag: str, what: str, fn, iters: int, device, warmup_fn=None) -> tuple[list[float], float]:
+    """Run warmup_fn (or fn) once untimed, then fn ``iters`` times.
+
+    Returns the seconds of each timed call and the other processes' average CPU use (cores) meanwhile.
+    """
     t0 = time.perf_counter()
     (warmup_fn or fn)()
     _sync(device)
     _log(tag, f"{what}: warm-up {time.perf_counter() - t0:.2f} s")
-    times = []
+    times, start = [], _counters()
     for i in range(iters):
         t0 = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
         _log(tag, f"{what}: iter {i + 1}/{iters} {times[-1]:.2f} s")
-    return times
+    load = other_load(*start)
+    if load > 0.25:
+        _log(tag, f"{what}: other processes used {load:.2f} cores meanwhile: figures are noisy")
+    return times, round(load, 2)
 
 
 def build_model(preset: str, channels_last: bool):
@@ -146,7 +183,7 @@ def run_worker(spec: dict) -> dict:
 
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     row: dict = {"config": cfg.name, **asdict(cfg), "params_m": round(n_params / 1e6, 2),
-                 "rss_after_build_gb": round(_rss_gb(), 3), "times_s": {}}
+                 "rss_after_build_gb": round(_rss_gb(), 3), "times_s": {}, "other_load": {}}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -170,7 +207,7 @@ def run_worker(spec: dict) -> dict:
             ema_update_module_(model.ema_model, model.model, decay)
             step[0] += 1
 
-        row["times_s"]["train"] = _timed(tag, "train step", train_step, iters, device)
+        row["times_s"]["train"], row["other_load"]["train"] = _timed(tag, "train step", train_step, iters, device)
         opt.zero_grad(set_to_none=True)
         del opt, optim, sched
     # Training peak: taken before inference so it is the peak of model build + training only.
@@ -195,7 +232,8 @@ def run_worker(spec: dict) -> dict:
                 fn(T_)
 
         warmup = (lambda call=call: call(min(2, T))) if warm else None
-        row["times_s"][what] = _timed(tag, f"{what} (T={T})" if warm else what, call, iters, device, warmup)
+        label = f"{what} (T={T})" if warm else what
+        row["times_s"][what], row["other_load"][what] = _timed(tag, label, call, iters, device, warmup)
     row["peak_rss_total_gb"] = round(_rss_gb(), 3)
     for what in MEASUREMENTS:
         times = row["times_s"].get(what)
@@ -223,23 +261,33 @@ def machine_info(threads: int, device: str) -> dict:
 
 def run_config(cfg: Config, args, device: str) -> dict:
     """Run one configuration in a fresh interpreter; its progress goes to our stderr."""
-    env = dict(os.environ)
-    env.pop("GLIBC_TUNABLES", None)
-    if cfg.malloc_tunables:
-        env["GLIBC_TUNABLES"] = MALLOC_TUNABLES
-    env["OMP_NUM_THREADS"] = str(args.threads)
+    load_before = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
+    env = cfg.env(args.threads)
     spec = {"config": asdict(cfg), "preset": args.preset, "batch": args.batch, "iters": args.iters, "T": args.T,
             "threads": args.threads, "device": device, "only": args.only}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--worker-out", str(out)]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, timeout=args.timeout)
+        proc = subprocess.run(cmd, env=env, timeout=args.timeout)  # progress goes straight to our stderr
         if proc.returncode or not out.exists():
             raise SystemExit(f"benchmark worker for '{cfg.name}' failed (exit code {proc.returncode})")
         row = json.loads(out.read_text())
     row["wall_s"] = round(time.perf_counter() - t0, 1)
+    row["other_load_before"] = load_before
     return row
+
+
+def wait_idle(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most max_wait s) until other processes use < threshold cores; return the last load seen."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        start = _counters()
+        time.sleep(2.0)
+        load = other_load(*start)
+        if load < threshold or time.monotonic() >= deadline:
+            return round(load, 2)
+        print(f"   waiting for a quiet machine: other processes use {load:.2f} cores", file=sys.stderr, flush=True)
 
 
 def median_rows(rounds: list[dict]) -> dict:
@@ -282,6 +330,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (slow first compile)")
     p.add_argument("--malloc-tunables", action="store_true",
                    help=f"add rows with GLIBC_TUNABLES={MALLOC_TUNABLES}")
+    p.add_argument("--omp-passive", action="store_true",
+                   help="add rows with OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep instead of spinning)")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                   help="before each config wait up to S s for other processes to use < 0.3 cores")
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma list of train,render,invert,encode")
     p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved; median")
     p.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
@@ -313,8 +365,9 @@ def main(argv=None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
     layouts = {"on": (True,), "off": (False,), "both": (True, False)}[args.channels_last]
-    configs = [Config(prec, cl, comp, tun) for tun in (False, True)[: 1 + args.malloc_tunables]
-               for comp in (False, True)[: 1 + args.compile] for cl in layouts for prec in args.precision]
+    flags = lambda on: (False, True)[: 1 + bool(on)]
+    configs = [Config(prec, cl, comp, tun, omp) for omp in flags(args.omp_passive) for tun in flags(args.malloc_tunables)
+               for comp in flags(args.compile) for cl in layouts for prec in args.precision]
     if device == "cuda":  # glibc tunables only matter for host memory
         configs = [c for c in configs if not c.malloc_tunables]
     stamp = time.strftime("%Y%m%d-%H%M%S")

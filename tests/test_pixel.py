@@ -1,4 +1,4 @@
-"""The pixel-space diffusion baseline: the unconditional UNet sampled by DDIM and DDPM, trained by task=train."""
+"""The pixel-space diffusion baseline: the unconditional UNet sampled by DDIM and DDPM; task=train."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from conftest import TINY, compose_config
 from rockgen.lit.checkpoint import load_checkpoint_module
 from rockgen.lit.pixel import PixelDiffusion
 
-UNET = dict(image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8],
-            dropout=0.0, embed_channels=32)
+UNET = dict(
+    image_size=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    dropout=0.0,
+    embed_channels=32,
+)
 
 
 @pytest.fixture(scope="module")

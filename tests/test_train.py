@@ -62,8 +62,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, tiny_overrides):
 
 def test_checkpoint_api_encode_invert_render(trained):
     run_dir, _ = trained
-    model = LitModel.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu",
-                                          weights_only=True)
+    model = LitModel.load_from_checkpoint(
+        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
+    )
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     z = model.encode(x)
     assert z.shape == (2, 128)
@@ -84,8 +85,12 @@ def test_cli_trains_prints_run_dir_and_logs_wandb_offline(tmp_path):
     run_dir = tmp_path / "cli-run"
     from conftest import TINY
 
-    cmd = [sys.executable, "run.py", *[o for o in TINY if not o.startswith("logger")],
-           f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        *[o for o in TINY if not o.startswith("logger")],
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Run directory: {run_dir.resolve()}" in proc.stdout
@@ -94,7 +99,12 @@ def test_cli_trains_prints_run_dir_and_logs_wandb_offline(tmp_path):
 
 
 def test_unknown_key_fails_with_hydra_error(tmp_path):
-    proc = subprocess.run([sys.executable, "run.py", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "run.py", "trainer.max_stepz=3", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert "max_stepz" in proc.stderr

@@ -5,7 +5,6 @@ Import order is one-way: ``images`` (Pillow/numpy) <- ``tiles`` (+ torch) <- ``d
 """
 
 from rockgen.data.datamodule import TileDataModule
-from rockgen.data.latents import LatentDataModule
 from rockgen.data.demo import ROCK_TYPES, generate_demo_tiles, make_demo_tile, write_demo_dataset
 from rockgen.data.images import (
     IMAGE_EXTENSIONS,
@@ -17,6 +16,7 @@ from rockgen.data.images import (
     load_rgb,
     parse_xyz,
 )
+from rockgen.data.latents import LatentDataModule
 from rockgen.data.tiles import CorruptImageWarning, TileDataset, probe_images, split_files
 
 __all__ = [

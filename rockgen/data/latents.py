@@ -18,8 +18,9 @@ class LatentDataModule(pl.LightningDataModule):
     A deterministic ``val_fraction`` of the rows (every k-th) is held out for the validation loss.
     """
 
-    def __init__(self, latents_path: str, batch_size: int = 256, val_fraction: float = 0.05,
-                 num_workers: int = 0) -> None:
+    def __init__(
+        self, latents_path: str, batch_size: int = 256, val_fraction: float = 0.05, num_workers: int = 0
+    ) -> None:
         super().__init__()
         self.latents_path = latents_path
         self.batch_size = int(batch_size)
@@ -37,8 +38,10 @@ class LatentDataModule(pl.LightningDataModule):
         is_val = torch.arange(n) % every == every - 1
         self.train_z, self.val_z = self.latents.z[~is_val], self.latents.z[is_val]
         if len(self.train_z) < self.per_rank_batch_size:
-            raise ValueError(f"{self.latents_path} has {len(self.train_z)} training codes, fewer than one batch of "
-                             f"{self.per_rank_batch_size}: lower data.batch_size")
+            raise ValueError(
+                f"{self.latents_path} has {len(self.train_z)} training codes, fewer than one batch of "
+                f"{self.per_rank_batch_size}: lower data.batch_size"
+            )
 
     def _loader(self, z: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
         base = RandomSampler(z) if shuffle else SequentialSampler(z)
@@ -49,8 +52,11 @@ class LatentDataModule(pl.LightningDataModule):
         return self._loader(self.train_z, shuffle=True, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_z if len(self.val_z) else self.train_z[: self.per_rank_batch_size],
-                            shuffle=False, drop_last=False)
+        return self._loader(
+            self.val_z if len(self.val_z) else self.train_z[: self.per_rank_batch_size],
+            shuffle=False,
+            drop_last=False,
+        )
 
 
 class _Codes(TensorDataset):

@@ -33,8 +33,9 @@ def eps_from_x0(abar: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor) -> torc
     return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
 
-def to_eps_and_x0(prediction: str, output: torch.Tensor, abar: torch.Tensor,
-                  x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def to_eps_and_x0(
+    prediction: str, output: torch.Tensor, abar: torch.Tensor, x_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert a network output of the given parameterisation to (ε̂, x̂_0)."""
     if prediction == "eps":
         return output, x0_from_eps(abar, x_t, output)
@@ -46,7 +47,9 @@ def to_eps_and_x0(prediction: str, output: torch.Tensor, abar: torch.Tensor,
     raise ValueError(f"unknown prediction {prediction!r} (diffusion.prediction); choose one of {PREDICTIONS}")
 
 
-def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+def training_target(
+    prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor
+) -> torch.Tensor:
     """The regression target of the network for the given parameterisation."""
     if prediction == "eps":
         return noise
@@ -69,7 +72,8 @@ def regression_loss(kind: str, pred: torch.Tensor, target: torch.Tensor) -> torc
     return per.flatten(1).mean(1)
 
 
-def sample_timesteps(batch: int, num_timesteps: int, device: torch.device | str,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_timesteps(
+    batch: int, num_timesteps: int, device: torch.device | str, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """t ~ U{0, …, T−1} (B,) int64: the uniform timestep sampler of DDPM/DiffAE."""
     return torch.randint(0, num_timesteps, (batch,), device=device, generator=generator)

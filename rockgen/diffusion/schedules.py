@@ -14,8 +14,16 @@ import torch
 SCHEDULES = ("linear", "cosine", "const")
 
 
-def make_betas(kind: str, num_timesteps: int = 1000, *, beta_start: float = 1e-4, beta_end: float = 0.02,
-               const: float = 0.008, cosine_s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def make_betas(
+    kind: str,
+    num_timesteps: int = 1000,
+    *,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    const: float = 0.008,
+    cosine_s: float = 0.008,
+    max_beta: float = 0.999,
+) -> torch.Tensor:
     """β_1..β_T as a float64 tensor (T,).
 
     ``linear``: β from ``beta_start`` to ``beta_end`` (DDPM images, DiffAE decoder);

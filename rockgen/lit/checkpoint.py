@@ -50,15 +50,22 @@ def module_class(checkpoint: dict[str, Any]) -> type:
     return obj
 
 
-def load_checkpoint_module(path: str | Path, map_location: Any = "cpu", trusted: bool = False,
-                           expect: type | tuple[type, ...] | None = None, eval_mode: bool = True):
+def load_checkpoint_module(
+    path: str | Path,
+    map_location: Any = "cpu",
+    trusted: bool = False,
+    expect: type | tuple[type, ...] | None = None,
+    eval_mode: bool = True,
+):
     """Rebuild the module a checkpoint was saved from, with its weights (EMA included), on ``map_location``.
 
     ``expect``: the class(es) the caller can use; anything else is a clear CheckpointError.
     """
     ckpt = read_checkpoint(path, map_location, trusted)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path} is not a rockgen/Lightning checkpoint (no state_dict/hyper_parameters)")
+        raise CheckpointError(
+            f"{path} is not a rockgen/Lightning checkpoint (no state_dict/hyper_parameters)"
+        )
     cls = module_class(ckpt)
     if expect is not None and not issubclass(cls, expect):
         names = expect.__name__ if isinstance(expect, type) else " or ".join(e.__name__ for e in expect)

@@ -47,11 +47,15 @@ def check_images(x: Any, image_size: int, where: str) -> None:
     if not x.is_floating_point():
         raise ValueError(f"{where}: expected a float tensor in [-1, 1], got dtype {x.dtype}")
     if tuple(x.shape[-2:]) != (image_size, image_size):
-        raise ValueError(f"{where}: the model works at {image_size}x{image_size}, got {x.shape[-2]}x{x.shape[-1]} "
-                         "(resize or crop the images first)")
+        raise ValueError(
+            f"{where}: the model works at {image_size}x{image_size}, got {x.shape[-2]}x{x.shape[-1]} "
+            "(resize or crop the images first)"
+        )
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.01 or hi > 1.01:
-        raise ValueError(f"{where}: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (from [0, 1] use x * 2 - 1)")
+        raise ValueError(
+            f"{where}: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (from [0, 1] use x * 2 - 1)"
+        )
 
 
 def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor) -> None:

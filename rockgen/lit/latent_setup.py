@@ -16,27 +16,40 @@ def load_autoencoder_and_latents(module) -> None:
     """
     conf = module.latent_conf
     if not conf.autoenc_ckpt:
-        raise ValueError("model.latent.autoenc_ckpt is not set: point it at the trained autoencoder checkpoint")
+        raise ValueError(
+            "model.latent.autoenc_ckpt is not set: point it at the trained autoencoder checkpoint"
+        )
     if not conf.latents_path:
-        raise ValueError("model.latent.latents_path is not set: run task=infer_latents on the autoencoder first")
+        raise ValueError(
+            "model.latent.latents_path is not set: run task=infer_latents on the autoencoder first"
+        )
     ckpt = read_checkpoint(conf.autoenc_ckpt)
     hp = ckpt.get("hyper_parameters", {})
     for key in ("unet", "encoder"):
         theirs, ours = hp.get(key), module.hparams[key]
-        if theirs is not None and {**theirs, "gradient_checkpointing": None} != {**ours, "gradient_checkpointing": None}:
-            raise ValueError(f"model.latent.autoenc_ckpt={conf.autoenc_ckpt} was trained with another "
-                             f"model.{key} ({theirs}) than this latent preset's ({ours}): use the latent "
-                             "template of the same resolution (e.g. demo_latent for demo)")
+        if theirs is not None and {**theirs, "gradient_checkpointing": None} != {
+            **ours,
+            "gradient_checkpointing": None,
+        }:
+            raise ValueError(
+                f"model.latent.autoenc_ckpt={conf.autoenc_ckpt} was trained with another "
+                f"model.{key} ({theirs}) than this latent preset's ({ours}): use the latent "
+                "template of the same resolution (e.g. demo_latent for demo)"
+            )
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(_AUTOENC_PREFIXES)}
     if not state:
-        raise ValueError(f"{conf.autoenc_ckpt} holds no DiffAE encoder/decoder weights (not an autoencoder "
-                         "checkpoint)")
+        raise ValueError(
+            f"{conf.autoenc_ckpt} holds no DiffAE encoder/decoder weights (not an autoencoder checkpoint)"
+        )
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k.startswith(_AUTOENC_PREFIXES)]
     if missing:
         raise ValueError(f"{conf.autoenc_ckpt} lacks autoencoder weights, e.g. {missing[:3]}")
-    lat = load_latents(conf.latents_path, expect_dim=module.latent_mean.shape[0],
-                       expect_fingerprint=encoder_fingerprint(module.ema_model.encoder))
+    lat = load_latents(
+        conf.latents_path,
+        expect_dim=module.latent_mean.shape[0],
+        expect_fingerprint=encoder_fingerprint(module.ema_model.encoder),
+    )
     module.latent_mean.copy_(lat.mean)
     module.latent_std.copy_(lat.std)
     module.latent_ready.fill_(True)

@@ -1,4 +1,4 @@
-"""Pixel-space diffusion baseline (DDPM, Ho et al. 2020; sampled by DDPM or DDIM): DiffAE's UNet without z_sem.
+"""Pixel-space diffusion baseline (DDPM, Ho et al. 2020; DDPM or DDIM sampling): DiffAE's UNet without z_sem.
 
 The same network (``ConditionalUNet`` with ``cond_channels=None``), diffusion maths, EMA and optimiser as the
 DiffAE ``LitModel``; only the semantic encoder is gone, so there is nothing to reconstruct and validation
@@ -59,18 +59,33 @@ def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
 
 
 class PixelDiffusion(RockgenModule):
-    """Unconditional ε-prediction UNet on pixels, with an EMA copy that samples; hyper-parameters are dicts."""
+    """Unconditional ε-prediction UNet on pixels with an EMA copy that samples; hyper-parameters are dicts."""
 
-    def __init__(self, unet: dict, diffusion: dict | None = None, optim: dict | None = None,
-                 ema: dict | None = None, evaluation: dict | None = None, channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        unet: dict,
+        diffusion: dict | None = None,
+        optim: dict | None = None,
+        ema: dict | None = None,
+        evaluation: dict | None = None,
+        channels_last: bool = True,
+    ) -> None:
         super().__init__()
-        hp = dict(unet=to_plain(unet), diffusion=to_plain(diffusion or {}), optim=to_plain(optim or {}),
-                  ema=to_plain(ema or {}), evaluation=to_plain(evaluation or {}), channels_last=bool(channels_last))
+        hp = dict(
+            unet=to_plain(unet),
+            diffusion=to_plain(diffusion or {}),
+            optim=to_plain(optim or {}),
+            ema=to_plain(ema or {}),
+            evaluation=to_plain(evaluation or {}),
+            channels_last=bool(channels_last),
+        )
         self.save_hyperparameters(hp)
         unet_cfg = parse(UNetConfig, {"cond_channels": None, **hp["unet"]}, "model.unet")
         if unet_cfg.cond_channels is not None:
-            raise ValueError("model.unet.cond_channels must be null for the pixel baseline (no z_sem), got "
-                             f"{unet_cfg.cond_channels}")
+            raise ValueError(
+                "model.unet.cond_channels must be null for the pixel baseline (no z_sem), got "
+                f"{unet_cfg.cond_channels}"
+            )
         self.diffusion_conf = parse(DiffusionConf, hp["diffusion"], "model.diffusion")
         self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
         self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
@@ -90,16 +105,28 @@ class PixelDiffusion(RockgenModule):
         return lambda x, t: net(x, t)
 
     @torch.no_grad()
-    def sample(self, N: int, device: torch.device | str | None = None, T: int | None = None,
-               T_latent: int | None = None, seed: int | None = None, method: str = "ddim", eta: float = 0.0,
-               variance: str = "fixed_large", progress: bool = False, **unused: Any) -> torch.Tensor:
+    def sample(
+        self,
+        N: int,
+        device: torch.device | str | None = None,
+        T: int | None = None,
+        T_latent: int | None = None,
+        seed: int | None = None,
+        method: str = "ddim",
+        eta: float = 0.0,
+        variance: str = "fixed_large",
+        progress: bool = False,
+        **unused: Any,
+    ) -> torch.Tensor:
         """N unconditional images (N, 3, S, S) in [0, 1] by DDIM-T (default ``evaluation.T[-1]``) or DDPM.
 
         ``method="ddpm"``: ancestral sampling over T respaced steps (default all ``num_timesteps``). ``seed``
         fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored.
         """
         if method not in METHODS:
-            raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
+            raise ValueError(
+                f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}"
+            )
         warn_unused("PixelDiffusion", unused)
         device = torch.device(device or self.device)
         gen = seeded_generator(seed, device)
@@ -114,14 +141,17 @@ class PixelDiffusion(RockgenModule):
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     # ---------------------------------------------------------------- training
-    def diffusion_loss(self, net: torch.nn.Module, x0: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+    def diffusion_loss(
+        self, net: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Per-image loss (B,) of ``net`` at t ~ U{0..T-1}: ‖target − net(x_t, t)‖² (ε target for eps)."""
         d = self.diffusion_conf
         t = sample_timesteps(x0.shape[0], d.num_timesteps, x0.device, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         out = net(q_sample(self.schedule, x0, t, noise), t)
-        return regression_loss(d.loss, out, training_target(d.prediction, x0, noise, self.schedule.abar(t, x0)))
+        return regression_loss(
+            d.loss, out, training_target(d.prediction, x0, noise, self.schedule.abar(t, x0))
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x0 = batch["img"].to(memory_format=self.memory_format)
@@ -150,6 +180,9 @@ class PixelDiffusion(RockgenModule):
             return
         conf = self.eval_conf
         rows = [self.sample(conf.grid_images, self.device, T=T, seed=conf.seed) for T in conf.T]
-        path = save_grid(torch.cat(rows).cpu(), run_dir_of(self) / "images" / f"val_step{self.global_step:07d}.png",
-                         nrow=conf.grid_images)
+        path = save_grid(
+            torch.cat(rows).cpu(),
+            run_dir_of(self) / "images" / f"val_step{self.global_step:07d}.png",
+            nrow=conf.grid_images,
+        )
         log_image_file(self, "val/samples", path, caption="rows: DDIM-" + ", ".join(map(str, conf.T)))

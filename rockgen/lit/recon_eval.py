@@ -31,8 +31,11 @@ class ReconstructionEvaluator:
         if self.metrics is None:
             from rockgen.metrics import ReconstructionMetrics
 
-            self.metrics = {f"{m}_T{T}": ReconstructionMetrics(lpips=None if self.conf.lpips else False)
-                            for m in self.modes for T in self.conf.T}
+            self.metrics = {
+                f"{m}_T{T}": ReconstructionMetrics(lpips=None if self.conf.lpips else False)
+                for m in self.modes
+                for T in self.conf.T
+            }
         for metric in self.metrics.values():
             metric.to(module.device)
             metric.reset()

@@ -16,8 +16,9 @@ from rockgen.lit.common import check_finite_loss, log_image_file, run_dir_of
 from rockgen.visual import save_grid
 
 
-def diffusion_loss(conf, schedule, net_fn, x0: torch.Tensor, generator: torch.Generator | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def diffusion_loss(
+    conf, schedule, net_fn, x0: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample loss of ``net_fn(x_t, t)`` at t ~ U{0..T−1}; returns (loss (B,), output, x_t, ᾱ_t)."""
     t = sample_timesteps(x0.shape[0], conf.num_timesteps, x0.device, generator=generator)
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -49,8 +50,9 @@ class AutoencStage:
         x0 = batch["img"].to(memory_format=module.memory_format)
         d = module.diffusion_conf
         cond = module.model.encoder(x0)  # the encoder sees the clean image and is trained by the same loss
-        per, out, x_t, abar = diffusion_loss(d, module.schedule, lambda x, t: module.model.decoder(x, t, cond=cond),
-                                             x0)
+        per, out, x_t, abar = diffusion_loss(
+            d, module.schedule, lambda x, t: module.model.decoder(x, t, cond=cond), x0
+        )
         loss = per.mean()
         logs = {"train/diffusion_loss": loss.detach()}
         if module._lpips is not None:
@@ -75,8 +77,12 @@ class AutoencStage:
         if scores:
             module.log_dict(scores, sync_dist=False)
         if grid_path is not None:
-            log_image_file(module, "val/reconstructions", grid_path,
-                           caption="rows: originals | inferred x_T | random x_T")
+            log_image_file(
+                module,
+                "val/reconstructions",
+                grid_path,
+                caption="rows: originals | inferred x_T | random x_T",
+            )
 
 
 class LatentStage:
@@ -124,11 +130,15 @@ class LatentStage:
         # samples of a well-trained latent DDIM have unit variance in normalised space
         module.log("val/sample_std", zn.std(), sync_dist=False)
         if module.global_rank == 0:
-            images = module.render(torch.randn(n, 3, module.image_size, module.image_size, generator=gen,
-                                               device=module.device), module.denormalise_latents(zn))
+            images = module.render(
+                torch.randn(n, 3, module.image_size, module.image_size, generator=gen, device=module.device),
+                module.denormalise_latents(zn),
+            )
             path = run_dir_of(module) / "images" / f"samples_step{module.global_step:07d}.png"
             save_grid(images, path, nrow=int(n**0.5 + 0.999))
-            log_image_file(module, "val/samples", path, caption=f"unconditional samples, step {module.global_step}")
+            log_image_file(
+                module, "val/samples", path, caption=f"unconditional samples, step {module.global_step}"
+            )
 
 
 STAGES = {"autoenc": AutoencStage, "latent": LatentStage}

@@ -55,18 +55,34 @@ class VAEEvalConf:
     grid_images: int = 8  # rows of the grid: originals | reconstructions | prior samples
     seed: int = 0  # the prior samples of the grid
     lpips: bool = True  # when the AlexNet backbone weights are present
-    T: list[int] | None = None  # unused (decoding is one step); accepted so shared overrides (debug=tiny) apply
+    T: list[int] | None = (
+        None  # unused (decoding is one step); accepted so shared overrides (debug=tiny) apply
+    )
 
 
 class LitVAE(RockgenModule):
-    """``ViTAutoencoder`` trained with MSE + β·KL (+ LPIPS); an optional EMA copy encodes, decodes and samples."""
+    """``ViTAutoencoder`` trained by MSE + β·KL (+ LPIPS); an optional EMA copy encodes, decodes, samples."""
 
-    def __init__(self, net: dict, beta: float = 1e-3, lpips_weight: float = 0.0, optim: dict | None = None,
-                 ema: dict | None = None, use_ema: bool = True, evaluation: dict | None = None) -> None:
+    def __init__(
+        self,
+        net: dict,
+        beta: float = 1e-3,
+        lpips_weight: float = 0.0,
+        optim: dict | None = None,
+        ema: dict | None = None,
+        use_ema: bool = True,
+        evaluation: dict | None = None,
+    ) -> None:
         super().__init__()
-        hp = dict(net=to_plain(net), beta=float(beta), lpips_weight=float(lpips_weight),
-                  optim=to_plain(optim or {}), ema=to_plain(ema or {}), use_ema=bool(use_ema),
-                  evaluation=to_plain(evaluation or {}))
+        hp = dict(
+            net=to_plain(net),
+            beta=float(beta),
+            lpips_weight=float(lpips_weight),
+            optim=to_plain(optim or {}),
+            ema=to_plain(ema or {}),
+            use_ema=bool(use_ema),
+            evaluation=to_plain(evaluation or {}),
+        )
         self.save_hyperparameters(hp)
         if hp["beta"] < 0 or hp["lpips_weight"] < 0:
             raise ValueError(f"model.beta and model.lpips_weight must be >= 0, got {beta}, {lpips_weight}")
@@ -84,7 +100,9 @@ class LitVAE(RockgenModule):
         self.register_buffer("latent_cov", torch.eye(d, dtype=torch.float64))
         self.register_buffer("latent_count", torch.zeros((), dtype=torch.int64))
         self._lpips: torch.nn.Module | None = None  # built in setup(); kept out of the state dict
-        self._metrics: dict[str, Any] = {}  # ReconstructionMetrics, built lazily; a dict keeps it unregistered
+        self._metrics: dict[
+            str, Any
+        ] = {}  # ReconstructionMetrics, built lazily; a dict keeps it unregistered
         self._grid: list[torch.Tensor] | None = None
 
     @property
@@ -121,9 +139,18 @@ class LitVAE(RockgenModule):
         return self.decode(z.flatten(0, 1)).unflatten(0, (mu_a.shape[0], n))
 
     @torch.no_grad()
-    def sample(self, N: int, device: torch.device | str | None = None, T: int | None = None,
-               T_latent: int | None = None, seed: int | None = None, method: str = "gaussian",
-               temperature: float = 1.0, latent_stats: str | Path | None = None, **unused: Any) -> torch.Tensor:
+    def sample(
+        self,
+        N: int,
+        device: torch.device | str | None = None,
+        T: int | None = None,
+        T_latent: int | None = None,
+        seed: int | None = None,
+        method: str = "gaussian",
+        temperature: float = 1.0,
+        latent_stats: str | Path | None = None,
+        **unused: Any,
+    ) -> torch.Tensor:
         """N images (N, 3, S, S) in [0, 1]: decoded z of ``sample_latents``; ``latent_stats`` loads a
         ``latent_gaussian.npz`` first. T and T_latent (diffusion models only) are ignored."""
         warn_unused("LitVAE", unused)
@@ -132,8 +159,14 @@ class LitVAE(RockgenModule):
         return self.decode(self.sample_latents(N, device, seed, method, temperature).float())
 
     @torch.no_grad()
-    def sample_latents(self, N: int, device: torch.device | str | None = None, seed: int | None = None,
-                       method: str = "gaussian", temperature: float = 1.0) -> torch.Tensor:
+    def sample_latents(
+        self,
+        N: int,
+        device: torch.device | str | None = None,
+        seed: int | None = None,
+        method: str = "gaussian",
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
         """z (N, latent_dim) float64: N(m, C) of the training latents (``gaussian``) or N(0, I) (``prior``).
 
         ``temperature`` scales the spread around the mean: z = m + t·L·ε with L·Lᵀ = C.
@@ -150,7 +183,8 @@ class LitVAE(RockgenModule):
                 "method=gaussian needs the mean and covariance of the training latents, which this model "
                 "does not hold yet: run `python run.py task=vae_latents ckpt_path=<this checkpoint>` and "
                 "use the vae_gaussian.ckpt it writes (or pass latent_stats=<latent_gaussian.npz>), or "
-                "sample the N(0, I) prior with method=prior")
+                "sample the N(0, I) prior with method=prior"
+            )
         return self.latent_mean.to(device) + temperature * eps @ self._cov_factor().to(device).T
 
     # ---------------------------------------------------------------- the Gaussian of the training latents
@@ -172,12 +206,16 @@ class LitVAE(RockgenModule):
     def load_latent_gaussian(self, path: str | Path) -> dict[str, np.ndarray]:
         """Load ``mean``, ``cov`` and ``count`` from a ``latent_gaussian.npz`` written by task=vae_latents."""
         with np.load(path) as f:
-            return self._set_gaussian(torch.from_numpy(f["mean"]), torch.from_numpy(f["cov"]), int(f["count"]))
+            return self._set_gaussian(
+                torch.from_numpy(f["mean"]), torch.from_numpy(f["cov"]), int(f["count"])
+            )
 
     def _set_gaussian(self, mean: torch.Tensor, cov: torch.Tensor, count: int) -> dict[str, np.ndarray]:
         if mean.shape != self.latent_mean.shape or cov.shape != self.latent_cov.shape:
-            raise ValueError(f"latent Gaussian of shape {tuple(mean.shape)}/{tuple(cov.shape)} does not fit this "
-                             f"model's latent_dim {self.latent_mean.shape[0]}")
+            raise ValueError(
+                f"latent Gaussian of shape {tuple(mean.shape)}/{tuple(cov.shape)} does not fit this "
+                f"model's latent_dim {self.latent_mean.shape[0]}"
+            )
         self.latent_mean.copy_(mean)
         self.latent_cov.copy_(cov)
         self.latent_count.fill_(int(count))
@@ -202,7 +240,7 @@ class LitVAE(RockgenModule):
             self._lpips = build_lpips(net="alex", require=True)  # clear error if the backbone is missing
 
     def losses(self, net: ViTAutoencoder, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The loss terms of a batch x (B, 3, S, S) in [-1, 1], each a scalar; ``loss`` is their weighted sum."""
+        """Loss terms (scalars) of a batch x (B, 3, S, S) in [-1, 1]; ``loss`` is their weighted sum."""
         mu, logvar = net.encode(x)
         z = reparameterize(mu, logvar) if self.beta > 0 and net.training else mu
         x_hat = net.decode(z).float()
@@ -218,7 +256,9 @@ class LitVAE(RockgenModule):
         x = batch["img"]
         terms = self.losses(self.model, x)
         check_finite_loss(self, terms["loss"])
-        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=x.shape[0])
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=x.shape[0]
+        )
         return terms["loss"]
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -257,8 +297,12 @@ class LitVAE(RockgenModule):
         if self._grid is not None:
             n = self._grid[0].shape[0]
             samples = self.sample(n, self.device, method="prior", seed=self.eval_conf.seed).cpu()
-            path = save_grid(torch.cat([*self._grid, samples]),
-                             run_dir_of(self) / "images" / f"val_step{self.global_step:07d}.png", nrow=n)
-            log_image_file(self, "val/reconstructions", path,
-                           caption="rows: originals | reconstructions | prior samples")
+            path = save_grid(
+                torch.cat([*self._grid, samples]),
+                run_dir_of(self) / "images" / f"val_step{self.global_step:07d}.png",
+                nrow=n,
+            )
+            log_image_file(
+                self, "val/reconstructions", path, caption="rows: originals | reconstructions | prior samples"
+            )
             self._grid = None

@@ -38,8 +38,9 @@ def _abar_at(schedule: Schedule, t: int) -> float:
     return 1.0 if t < 0 else float(schedule.alphas_cumprod[t])
 
 
-def _predict(model_fn: ModelFn, x: torch.Tensor, t: int, abar: float, prediction: str,
-             clip_x0: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _predict(
+    model_fn: ModelFn, x: torch.Tensor, t: int, abar: float, prediction: str, clip_x0: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the network at step t and return (ε̂, x̂_0), clipping x̂_0 if asked."""
     tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
     a = torch.tensor(abar, dtype=torch.float32 if x.dtype != torch.float64 else x.dtype, device=x.device)
@@ -51,8 +52,14 @@ def _predict(model_fn: ModelFn, x: torch.Tensor, t: int, abar: float, prediction
     return eps, x0
 
 
-def ddim_step(eps: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float, eta: float = 0.0,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
+def ddim_step(
+    eps: torch.Tensor,
+    x0: torch.Tensor,
+    abar_t: float,
+    abar_s: float,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """One DDIM update from ᾱ_t to ᾱ_s given ε̂ and x̂_0 (eq. 12); η=0 is deterministic."""
     sigma = 0.0
     if eta > 0:
@@ -66,10 +73,19 @@ def ddim_step(eps: torch.Tensor, x0: torch.Tensor, abar_t: float, abar_s: float,
 
 
 @torch.no_grad()
-def ddim_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, *, eta: float = 0.0,
-                clip_x0: bool = True, prediction: str = "eps", generator: torch.Generator | None = None,
-                progress: bool = False, callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None
-                ) -> torch.Tensor:
+def ddim_sample(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    eta: float = 0.0,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
     """DDIM sampling from x_T (taken to be at the last kept step) down to x_0 (Song et al. 2021).
 
     x (B, ...) noise; returns x_0 (B, ...) in the network's data range ([-1, 1] for images).
@@ -89,8 +105,16 @@ def ddim_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_step
 
 
 @torch.no_grad()
-def ddim_invert(model_fn: ModelFn, x0: torch.Tensor, schedule: Schedule, num_steps: int, *,
-                clip_x0: bool = True, prediction: str = "eps", progress: bool = False) -> torch.Tensor:
+def ddim_invert(
+    model_fn: ModelFn,
+    x0: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    progress: bool = False,
+) -> torch.Tensor:
     """Deterministic DDIM inversion x_0 → x_T ("stochastic encoding" in DiffAE, §3.2).
 
     The mirror image of ``ddim_sample`` with η=0: x_0 → t_0 → t_1 → … → t_{N−1}, evaluating the network at the

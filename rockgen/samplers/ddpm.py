@@ -18,9 +18,18 @@ VARIANCES = ("fixed_large", "fixed_small")
 
 
 @torch.no_grad()
-def ddpm_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int | None = None, *,
-                variance: str = "fixed_large", clip_x0: bool = True, prediction: str = "eps",
-                generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+def ddpm_sample(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int | None = None,
+    *,
+    variance: str = "fixed_large",
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Ancestral sampling x_T → x_0 over ``num_steps`` kept steps (default: all T)."""
     if variance not in VARIANCES:
         raise ValueError(f"unknown DDPM variance {variance!r}; choose one of {VARIANCES}")

@@ -31,8 +31,11 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
 
 def build_callbacks(cfg: DictConfig | None, only: tuple[str, ...] | None = None) -> list[pl.Callback]:
     """Instantiate the callbacks group (or only the named entries, e.g. the progress bar for inference)."""
-    return [hydra.utils.instantiate(node) for name, node in (cfg or {}).items()
-            if node is not None and (only is None or name in only)]
+    return [
+        hydra.utils.instantiate(node)
+        for name, node in (cfg or {}).items()
+        if node is not None and (only is None or name in only)
+    ]
 
 
 def build_strategy(cfg: DictConfig | None) -> Any:
@@ -54,7 +57,11 @@ def build_strategy(cfg: DictConfig | None) -> Any:
 
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Trainer:
     """The Trainer of the ``trainer`` group with callbacks, loggers and strategy, rooted at the run dir."""
-    kwargs = dict(callbacks=build_callbacks(cfg.get("callbacks")), logger=build_loggers(cfg.get("logger")),
-                  strategy=build_strategy(cfg.get("strategy")), default_root_dir=str(run_dir))
+    kwargs = dict(
+        callbacks=build_callbacks(cfg.get("callbacks")),
+        logger=build_loggers(cfg.get("logger")),
+        strategy=build_strategy(cfg.get("strategy")),
+        default_root_dir=str(run_dir),
+    )
     kwargs.update(overrides)
     return hydra.utils.instantiate(cfg.trainer, **kwargs)

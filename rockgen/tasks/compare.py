@@ -1,7 +1,7 @@
 """``task=compare``: measure DiffAE, pixel DDPM/DDIM and the VAE on this machine → comparison.md + .json.
 
     python run.py task=compare compare.diffae_ckpt=A.ckpt compare.pixel_ckpt=B.ckpt compare.vae_ckpt=C.ckpt
-    python run.py task=compare compare.resolutions=[64,128]        # speed/memory of fresh rock{64,128}_* models
+    python run.py task=compare compare.resolutions=[64,128]        # speed, memory of fresh rock{64,128}_*
     scripts/compare.sh                                             # trains the three demo models, then this
 
 Speed rows (samples/s at ``compare.batch_size``, after one warm-up call):
@@ -10,12 +10,12 @@ Speed rows (samples/s at ``compare.batch_size``, after one warm-up call):
                         the model has no latent DDIM (fresh models, autoencoder-only checkpoints: noted)
     Pixel DDIM-25, -50  measured
     Pixel DDPM-1000     estimated: 1000 × the per-step time of ``ddpm_probe_steps`` real DDPM steps
-Memory: each model runs in a fresh subprocess (``isolate``); peak memory = the peak resident set during sampling
-(Linux VmHWM, reset after building) minus the resident set before the model was built (interpreter and
-libraries) minus the training copy of the weights (every module also holds an EMA copy, which is what samples);
-on CUDA, ``max_memory_allocated``. Reconstruction (checkpoints only) on the held-out tiles of ``data.*``:
-VAE decode(μ); DiffAE render(DDIM-inverted x_T, z_sem) and render(random x_T, z_sem); the pixel model has no
-encoder, so no row.
+Memory: each model runs in a fresh subprocess (``isolate``); peak memory = the peak resident set during
+sampling (Linux VmHWM, reset after building) minus the resident set before the model was built (interpreter
+and libraries) minus the training copy of the weights (every module also holds an EMA copy, which is what
+samples); on CUDA, ``max_memory_allocated``.
+Reconstruction (checkpoints only) on the held-out tiles of ``data.*``: VAE decode(μ); DiffAE
+render(DDIM-inverted x_T, z_sem) and render(random x_T, z_sem); the pixel model has no encoder, so no row.
 """
 
 from __future__ import annotations
@@ -37,26 +37,50 @@ from omegaconf import DictConfig, OmegaConf
 from rockgen.tasks import write_json
 
 KINDS = {"diffae": "DiffAE", "pixel": "Pixel DDPM", "vae": "VAE"}
-TARGET_KIND = {"experiment.LitModel": "diffae", "rockgen.lit.pixel.PixelDiffusion": "pixel",
-               "rockgen.lit.vae.LitVAE": "vae"}
+TARGET_KIND = {
+    "experiment.LitModel": "diffae",
+    "rockgen.lit.pixel.PixelDiffusion": "pixel",
+    "rockgen.lit.vae.LitVAE": "vae",
+}
 PRESET_SUFFIX = {"diffae": "autoenc", "pixel": "pixel", "vae": "vae"}
 
 
-# ------------------------------------------------------------------------------------------------ main process
+# -------------------------------------------------------------------------------------------- main process
 def compare(cfg: DictConfig) -> dict[str, Any]:
-    """Measure every checkpoint given and every fresh preset model; write comparison.md and comparison.json."""
+    """Measure every checkpoint given and every fresh preset model; write comparison.md and .json."""
     conf = OmegaConf.to_container(cfg.compare, resolve=True)
     run_dir = Path(cfg.paths.run_dir)
-    common = {k: conf[k] for k in ("batch_size", "repeats", "device", "threads", "seed", "diffae_T",
-                                   "diffae_T_latent", "pixel_T", "ddpm_steps", "ddpm_probe_steps")}
-    recon = {"data": OmegaConf.to_container(cfg.data, resolve=True), "max_items": conf["recon_items"],
-             "T": conf["diffae_T"]}
-    jobs = [{**common, "kind": kind, "ckpt": str(conf[f"{kind}_ckpt"]), "recon": recon}
-            for kind in KINDS if conf.get(f"{kind}_ckpt")]
+    common = {
+        k: conf[k]
+        for k in (
+            "batch_size",
+            "repeats",
+            "device",
+            "threads",
+            "seed",
+            "diffae_T",
+            "diffae_T_latent",
+            "pixel_T",
+            "ddpm_steps",
+            "ddpm_probe_steps",
+        )
+    }
+    recon = {
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "max_items": conf["recon_items"],
+        "T": conf["diffae_T"],
+    }
+    jobs = [
+        {**common, "kind": kind, "ckpt": str(conf[f"{kind}_ckpt"]), "recon": recon}
+        for kind in KINDS
+        if conf.get(f"{kind}_ckpt")
+    ]
     presets = conf["presets"] or [f"rock{r}_{PRESET_SUFFIX[k]}" for r in conf["resolutions"] for k in KINDS]
     jobs += [{**common, "kind": preset_kind(name), "preset": name, "recon": None} for name in presets]
     if not jobs:
-        raise ValueError("nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions")
+        raise ValueError(
+            "nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions"
+        )
     results = []
     for job in jobs:
         print(f"[compare] {KINDS[job['kind']]} {job.get('ckpt') or job['preset']}", flush=True)
@@ -90,20 +114,34 @@ def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
         spec.write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "rockgen.tasks.compare", str(spec), str(out)], cwd=root,
-                              env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "rockgen.tasks.compare", str(spec), str(out)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"compare worker failed for {job.get('ckpt') or job['preset']}:\n{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"compare worker failed for {job.get('ckpt') or job['preset']}:\n{proc.stderr[-4000:]}"
+            )
         return json.loads(out.read_text())
 
 
 def environment(conf: dict[str, Any]) -> dict[str, Any]:
     device = _device(conf["device"])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return {"device": str(device), "device_name": name, "cpu_count": os.cpu_count(),
-            "threads": conf["threads"] or torch.get_num_threads(), "torch": torch.__version__,
-            "batch_size": conf["batch_size"], "repeats": conf["repeats"], "isolated": conf["isolate"],
-            "date": time.strftime("%Y-%m-%d %H:%M")}
+    return {
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "threads": conf["threads"] or torch.get_num_threads(),
+        "torch": torch.__version__,
+        "batch_size": conf["batch_size"],
+        "repeats": conf["repeats"],
+        "isolated": conf["isolate"],
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -116,14 +154,22 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     model = _load(job, device)
     copies = 2 if getattr(model, "ema_model", None) is not None else 1  # training weights + EMA
     params = sum(p.numel() for p in model.parameters()) // copies
-    training_copy_mb = (copies - 1) * sum(p.numel() * p.element_size() for p in model.parameters()) / copies / 2**20
+    training_copy_mb = (
+        (copies - 1) * sum(p.numel() * p.element_size() for p in model.parameters()) / copies / 2**20
+    )
     _reset_peak(device)
     rows = [_time_row(job, device, name, fn) for name, fn in _methods(model, job, device)]
     memory = _peak_mb(device) - base - training_copy_mb
     recon = _reconstruction(model, job, device) if job.get("recon") else []
-    return {"kind": job["kind"], "source": job.get("ckpt") or f"fresh {job['preset']}",
-            "image_size": model.image_size, "params_m": params / 1e6, "peak_memory_mb": memory,
-            "rows": rows, "reconstruction": recon}
+    return {
+        "kind": job["kind"],
+        "source": job.get("ckpt") or f"fresh {job['preset']}",
+        "image_size": model.image_size,
+        "params_m": params / 1e6,
+        "peak_memory_mb": memory,
+        "rows": rows,
+        "reconstruction": recon,
+    }
 
 
 def _load(job: dict[str, Any], device: torch.device):
@@ -132,13 +178,16 @@ def _load(job: dict[str, Any], device: torch.device):
 
         return load_checkpoint_module(job["ckpt"], map_location=device)
     import hydra
+
     import templates
 
     model = hydra.utils.instantiate(templates.presets()[job["preset"]]["model"], _convert_="all")
     return model.to(device).eval()
 
 
-def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str, Callable[[int, bool], str]]]:
+def _methods(
+    model, job: dict[str, Any], device: torch.device
+) -> list[tuple[str, Callable[[int, bool], str]]]:
     """(row name, fn(batch, warm_up) → note) of each sampling method of the model; warm-up runs 2 steps."""
     seed = job["seed"]
     if job["kind"] == "vae":
@@ -147,16 +196,21 @@ def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str
         def vae(n: int, warm: bool) -> str:
             model.sample(n, device, method=method, seed=seed)
             return "z ~ fitted Gaussian" if method == "gaussian" else "z ~ N(0, I) prior (no fitted Gaussian)"
+
         return [("decode", vae)]
     if job["kind"] == "pixel":
+
         def pixel(T: int, method: str) -> Callable[[int, bool], str]:
             def run(n: int, warm: bool) -> str:
                 model.sample(n, device, T=2 if warm else T, method=method, seed=seed)
                 return ""
+
             return run
+
         probe = job["ddpm_probe_steps"]
         return [(f"DDIM-{T}", pixel(T, "ddim")) for T in job["pixel_T"]] + [
-            (f"DDPM-{job['ddpm_steps']}", pixel(probe, "ddpm"))]
+            (f"DDPM-{job['ddpm_steps']}", pixel(probe, "ddpm"))
+        ]
     T, T_latent = job["diffae_T"], job["diffae_T_latent"]
 
     def diffae(n: int, warm: bool) -> str:
@@ -168,6 +222,7 @@ def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str
             z = torch.randn(n, model.ema_model.decoder.cfg.cond_channels, device=device)
             model.render(torch.randn(n, 3, model.image_size, model.image_size, device=device), z, T=steps)
             return f"render DDIM-{T} with random z_sem (no latent DDIM in this model)"
+
     return [(f"T={T}", diffae)]
 
 
@@ -185,8 +240,13 @@ def _time_row(job: dict[str, Any], device: torch.device, name: str, fn) -> dict[
     if not measured:
         per_sample *= job["ddpm_steps"] / job["ddpm_probe_steps"]
         note = f"estimated: {job['ddpm_steps']} × the per-step time of {job['ddpm_probe_steps']} DDPM steps"
-    return {"method": name, "measured": measured, "note": note, "s_per_sample": per_sample,
-            "samples_per_s": 1.0 / per_sample}
+    return {
+        "method": name,
+        "measured": measured,
+        "note": note,
+        "s_per_sample": per_sample,
+        "samples_per_s": 1.0 / per_sample,
+    }
 
 
 @torch.no_grad()
@@ -204,8 +264,10 @@ def _reconstruction(model, job: dict[str, Any], device: torch.device) -> list[di
     if spec["max_items"] and len(tiles) > spec["max_items"]:
         tiles = Subset(tiles, range(spec["max_items"]))
     T = spec["T"]
-    codes = {"vae": {"z = μ (decode)": None},
-             "diffae": {f"z_sem + inferred x_T (DDIM-{T})": None, f"z_sem only, random x_T (DDIM-{T})": None}}
+    codes = {
+        "vae": {"z = μ (decode)": None},
+        "diffae": {f"z_sem + inferred x_T (DDIM-{T})": None, f"z_sem only, random x_T (DDIM-{T})": None},
+    }
     metrics = {name: ReconstructionMetrics().to(device) for name in codes[job["kind"]]}
     gen = torch.Generator(device=device).manual_seed(job["seed"])
     for batch in DataLoader(tiles, batch_size=job["batch_size"]):
@@ -217,7 +279,9 @@ def _reconstruction(model, job: dict[str, Any], device: torch.device) -> list[di
         z = model.encode(x)
         inferred, random = metrics
         metrics[inferred].update(model.render(model.encode_stochastic(x, z, T=T), z, T=T), target)
-        metrics[random].update(model.render(torch.randn(x.shape, generator=gen, device=device), z, T=T), target)
+        metrics[random].update(
+            model.render(torch.randn(x.shape, generator=gen, device=device), z, T=T), target
+        )
     return [{"code": name, "tiles": len(tiles), **m.compute()} for name, m in metrics.items()]
 
 
@@ -268,31 +332,46 @@ def _peak_mb(device: torch.device) -> float:
 def markdown(report: dict[str, Any]) -> str:
     """comparison.md: a speed/memory table and a reconstruction table."""
     env = report["environment"]
-    lines = [f"Measured {env['date']} on {env['device']} ({env['device_name']}, {env['threads']} threads, torch "
-             f"{env['torch']}), batch {env['batch_size']}, {env['repeats']} timed call(s) after a warm-up.", "",
-             "| Model | Source | Res | Params (M) | Method | Samples/s | s/sample | Peak mem (MB) | Notes |",
-             "|---|---|---:|---:|---|---:|---:|---:|---|"]
+    lines = [
+        f"Measured {env['date']} on {env['device']} ({env['device_name']}, {env['threads']} threads, torch "
+        f"{env['torch']}), batch {env['batch_size']}, {env['repeats']} timed call(s) after a warm-up.",
+        "",
+        "| Model | Source | Res | Params (M) | Method | Samples/s | s/sample | Peak mem (MB) | Notes |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
+    ]
     for m in report["models"]:
         for r in m["rows"]:
-            lines.append(f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {m['params_m']:.2f} "
-                         f"| {r['method']} | {r['samples_per_s']:.3g} | {r['s_per_sample']:.3g} "
-                         f"| {m['peak_memory_mb']:.0f} | {r['note']} |")
+            lines.append(
+                f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {m['params_m']:.2f} "
+                f"| {r['method']} | {r['samples_per_s']:.3g} | {r['s_per_sample']:.3g} "
+                f"| {m['peak_memory_mb']:.0f} | {r['note']} |"
+            )
     recon = [(m, r) for m in report["models"] for r in m["reconstruction"]]
     if recon:
-        lines += ["", "| Model | Source | Res | Code | Held-out tiles | PSNR (dB) | SSIM | LPIPS |",
-                  "|---|---|---:|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| Model | Source | Res | Code | Held-out tiles | PSNR (dB) | SSIM | LPIPS |",
+            "|---|---|---:|---|---:|---:|---:|---:|",
+        ]
         for m, r in recon:
             lpips = f"{r['lpips']:.3f}" if "lpips" in r else "n/a (no AlexNet weights)"
-            lines.append(f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {r['code']} "
-                         f"| {r['tiles']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} |")
+            lines.append(
+                f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {r['code']} "
+                f"| {r['tiles']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} |"
+            )
     return "\n".join(lines) + "\n"
 
 
 def _short(source: str) -> str:
     """A checkpoint path as ``<run>/<file>``; fresh presets as they are."""
     p = Path(source)
-    return source if source.startswith("fresh ") else f"{p.parent.parent.name}/{p.name}" \
-        if p.parent.name == "checkpoints" else f"{p.parent.name}/{p.name}"
+    return (
+        source
+        if source.startswith("fresh ")
+        else f"{p.parent.parent.name}/{p.name}"
+        if p.parent.name == "checkpoints"
+        else f"{p.parent.name}/{p.name}"
+    )
 
 
 if __name__ == "__main__":  # the isolated worker: python -m rockgen.tasks.compare job.json result.json

@@ -15,7 +15,6 @@ from typing import Any
 import hydra
 import numpy as np
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
@@ -35,8 +34,10 @@ class _Batches(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         rank, world = self.trainer.global_rank, self.trainer.world_size
         n_batches = math.ceil(self.num_samples / self.batch_size)
-        items = [(b, b * self.batch_size, min(self.batch_size, self.num_samples - b * self.batch_size))
-                 for b in range(rank, n_batches, world)]
+        items = [
+            (b, b * self.batch_size, min(self.batch_size, self.num_samples - b * self.batch_size))
+            for b in range(rank, n_batches, world)
+        ]
         return DataLoader(items, batch_size=None, shuffle=False)
 
 
@@ -50,8 +51,9 @@ class _Writer(pl.LightningModule):
     def predict_step(self, item, batch_idx: int) -> int:
         b, start, n = (int(v) for v in item)
         o = self.opts
-        images = self.model.sample(n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b,
-                                   **o["sample_kwargs"])
+        images = self.model.sample(
+            n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **o["sample_kwargs"]
+        )
         for i, arr in enumerate(to_uint8(images)):
             img = Image.fromarray(arr)
             if o["target_size"]:
@@ -76,7 +78,9 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
     grid = np.full((nrow * (size + 2) + 2, ncol * (size + 2) + 2, 3), 255, np.uint8)
     for k, c in enumerate(cells):
         r, q = divmod(k, ncol)
-        grid[2 + r * (size + 2): 2 + r * (size + 2) + size, 2 + q * (size + 2): 2 + q * (size + 2) + size] = c
+        grid[
+            2 + r * (size + 2) : 2 + r * (size + 2) + size, 2 + q * (size + 2) : 2 + q * (size + 2) + size
+        ] = c
     Image.fromarray(grid).save(path)
     return path
 
@@ -84,31 +88,54 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
 def generate(cfg: DictConfig) -> dict[str, Any]:
     """Write ``num_samples`` PNGs to ``<run_dir>/samples`` and ``grid.png`` beside them."""
     if not cfg.ckpt_path:
-        raise ValueError("task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)")
+        raise ValueError(
+            "task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)"
+        )
     if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
     model = load_checkpoint_module(cfg.ckpt_path)
     if not hasattr(model, "sample"):
         raise ValueError(f"{cfg.ckpt_path} holds a {type(model).__name__}, which cannot sample")
-    if getattr(model, "has_latent", True) is False or (hasattr(model, "latent_ready") and not model.latent_ready):
-        raise ValueError(f"{cfg.ckpt_path} is an autoencoder-only DiffAE checkpoint: train the latent DDIM "
-                         "(template=<res>_latent or scripts/pipeline.sh) and generate from that checkpoint")
+    if getattr(model, "has_latent", True) is False or (
+        hasattr(model, "latent_ready") and not model.latent_ready
+    ):
+        raise ValueError(
+            f"{cfg.ckpt_path} is an autoencoder-only DiffAE checkpoint: train the latent DDIM "
+            "(template=<res>_latent or scripts/pipeline.sh) and generate from that checkpoint"
+        )
     run_dir = Path(cfg.paths.run_dir)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
-    opts = dict(T=cfg.T, T_latent=cfg.T_latent, seed=int(cfg.seed), target_size=cfg.target_size,
-                grid_size=int(cfg.grid_size), sample_kwargs=dict(cfg.get("sample_kwargs") or {}))
+    opts = dict(
+        T=cfg.T,
+        T_latent=cfg.T_latent,
+        seed=int(cfg.seed),
+        target_size=cfg.target_size,
+        grid_size=int(cfg.grid_size),
+        sample_kwargs=dict(cfg.get("sample_kwargs") or {}),
+    )
     writer = _Writer(model, out_dir, opts)
     trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, callbacks=build_callbacks(cfg.get("callbacks"), only=("progress",)),
-        strategy=build_strategy(cfg.get("strategy")), default_root_dir=str(run_dir), max_steps=-1,
+        cfg.trainer,
+        logger=False,
+        callbacks=build_callbacks(cfg.get("callbacks"), only=("progress",)),
+        strategy=build_strategy(cfg.get("strategy")),
+        default_root_dir=str(run_dir),
+        max_steps=-1,
         use_distributed_sampler=False,
     )
-    trainer.predict(writer, datamodule=_Batches(int(cfg.num_samples), int(cfg.batch_size)),
-                    return_predictions=False)
-    manifest = {"num_samples": int(cfg.num_samples), "checkpoint": str(cfg.ckpt_path), **{
-        k: v for k, v in opts.items() if k != "sample_kwargs"}, "sample_kwargs": opts["sample_kwargs"]}
+    trainer.predict(
+        writer, datamodule=_Batches(int(cfg.num_samples), int(cfg.batch_size)), return_predictions=False
+    )
+    manifest = {
+        "num_samples": int(cfg.num_samples),
+        "checkpoint": str(cfg.ckpt_path),
+        **{k: v for k, v in opts.items() if k != "sample_kwargs"},
+        "sample_kwargs": opts["sample_kwargs"],
+    }
     if trainer.is_global_zero:
         (run_dir / "samples.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        print(f"Wrote {cfg.num_samples} samples to {out_dir} and a grid to {run_dir / 'grid.png'}", flush=True)
+        print(
+            f"Wrote {cfg.num_samples} samples to {out_dir} and a grid to {run_dir / 'grid.png'}", flush=True
+        )
     return {"run_dir": run_dir, "samples_dir": out_dir, "grid": run_dir / "grid.png"}

@@ -21,27 +21,47 @@ from rockgen.tasks.build import build_callbacks, build_strategy
 
 
 class GatherLatents(BasePredictionWriter):
-    """Collects every rank's (index, z) at the end of prediction and keeps them in dataset order."""
+    """Keeps each batch's (index, z); at the end gathers all ranks, restores dataset order, rank 0 writes."""
 
-    def __init__(self, num_items: int) -> None:
-        super().__init__(write_interval="epoch")
-        self.num_items = num_items
-        self.z: torch.Tensor | None = None
+    def __init__(self, path: Path, paths: list[str], labels: list[str], meta: dict[str, Any]) -> None:
+        super().__init__(write_interval="batch_and_epoch")
+        self.path, self.paths, self.labels, self.meta = path, paths, labels, meta
+        self._z: list[torch.Tensor] = []
+        self._idx: list[torch.Tensor] = []
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self._z.append(prediction["z"])
+        self._idx.append(prediction["index"])
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        preds = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        z = torch.cat([p["z"] for p in preds]).to(pl_module.device)
-        idx = torch.cat([p["index"] for p in preds]).to(pl_module.device)
+        z = torch.cat(self._z).to(pl_module.device)
+        idx = torch.cat(self._idx).to(pl_module.device)
         if trainer.world_size > 1:  # equal counts per rank: the distributed sampler pads
             z = pl_module.all_gather(z).flatten(0, 1)
             idx = pl_module.all_gather(idx).flatten(0)
-        out = torch.empty(self.num_items, z.shape[1], dtype=z.dtype, device=z.device)
-        seen = torch.zeros(self.num_items, dtype=torch.bool, device=z.device)
+        n = len(self.paths)
+        out = torch.empty(n, z.shape[1], dtype=z.dtype, device=z.device)
+        seen = torch.zeros(n, dtype=torch.bool, device=z.device)
         out[idx] = z  # padding repeats items: identical codes land on the same row
         seen[idx] = True
         if not bool(seen.all()):
-            raise RuntimeError(f"latent inference missed {int((~seen).sum())} of {self.num_items} items")
-        self.z = out.cpu()
+            raise RuntimeError(f"latent inference missed {int((~seen).sum())} of {n} items")
+        if trainer.is_global_zero:
+            z = out.cpu()
+            mean, std = latent_stats(z)
+            lat = Latents(
+                z=z,
+                paths=self.paths,
+                labels=self.labels,
+                mean=mean,
+                std=std,
+                fingerprint=encoder_fingerprint(pl_module.ema_model.encoder),
+                **self.meta,
+            )
+            pt, npy = save_latents(self.path, lat)
+            print(f"Wrote {n} codes of width {lat.dim} to {pt} (and {npy.name})", flush=True)
 
 
 def infer_latents(cfg: DictConfig) -> dict[str, Any]:
@@ -58,19 +78,26 @@ def infer_latents(cfg: DictConfig) -> dict[str, Any]:
     dm = hydra.utils.instantiate(cfg.data, image_size=model.image_size, _convert_="all")
     dm.setup("predict")
     paths = dm.predict_paths()
-    labels_of_file = dict(zip(dm.files, dm.labels()))
-    writer = GatherLatents(len(paths))
-    trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=False, callbacks=[writer, *build_callbacks(cfg.get("callbacks"), only=("progress",))],
-        strategy=build_strategy(cfg.get("strategy")), default_root_dir=str(run_dir), max_steps=-1,
+    labels_of_file = dict(zip(dm.files, dm.labels(), strict=True))
+    out = run_dir / cfg.latents_name
+    meta = dict(
+        checkpoint=str(cfg.ckpt_path),
+        image_size=model.image_size,
+        global_step=model.loaded_from["global_step"],
     )
-    trainer.predict(model, datamodule=dm, return_predictions=True)
-    if not trainer.is_global_zero:
-        return {"run_dir": run_dir}
-    mean, std = latent_stats(writer.z)
-    lat = Latents(z=writer.z, paths=paths, labels=[labels_of_file[p] for p in paths], mean=mean, std=std,
-                  fingerprint=encoder_fingerprint(model.ema_model.encoder), checkpoint=str(cfg.ckpt_path),
-                  image_size=model.image_size, global_step=model.loaded_from["global_step"])
-    pt, npy = save_latents(run_dir / cfg.latents_name, lat)
-    print(f"Wrote {lat.z.shape[0]} codes of width {lat.dim} to {pt} (and {npy.name})", flush=True)
-    return {"run_dir": run_dir, "latents_path": pt, "npy_path": npy, "num_items": lat.z.shape[0]}
+    writer = GatherLatents(out, paths, [labels_of_file[p] for p in paths], meta)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        logger=False,
+        callbacks=[writer, *build_callbacks(cfg.get("callbacks"), only=("progress",))],
+        strategy=build_strategy(cfg.get("strategy")),
+        default_root_dir=str(run_dir),
+        max_steps=-1,
+    )
+    trainer.predict(model, datamodule=dm, return_predictions=False)
+    return {
+        "run_dir": run_dir,
+        "latents_path": out,
+        "npy_path": out.with_suffix(".npy"),
+        "num_items": len(paths),
+    }

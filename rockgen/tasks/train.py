@@ -23,7 +23,9 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
         raise ValueError(f"resume must be auto or never, got {cfg.resume!r}")
     if cfg.ckpt_path == "last":
         if not last.is_file():
-            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist (nothing to resume in {run_dir})")
+            raise FileNotFoundError(
+                f"ckpt_path=last but {last} does not exist (nothing to resume in {run_dir})"
+            )
         return str(last)
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
@@ -32,8 +34,10 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
         return str(path)
     if last.is_file():
         if cfg.resume == "never":
-            raise FileExistsError(f"{run_dir} already holds checkpoints and resume=never: choose another "
-                                  "run_name=... or resume=auto to continue it")
+            raise FileExistsError(
+                f"{run_dir} already holds checkpoints and resume=never: choose another "
+                "run_name=... or resume=auto to continue it"
+            )
         log.info("Resuming from %s (resume=auto)", last)
         return str(last)
     return None

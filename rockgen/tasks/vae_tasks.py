@@ -6,8 +6,8 @@
     python run.py task=vae_reconstruct template=demo_vae vae.target_size=128
     python run.py task=vae_interpolate template=demo_vae vae.pair=[0,10] vae.steps=8
 
-``ckpt_path`` defaults to ``logs/train/<template>/checkpoints/last.ckpt``. Generation (``model.sample``) is the
-shared ``task=generate``; ``upscale_lanczos`` is the ``target_size`` resize these tasks use.
+``ckpt_path`` defaults to ``logs/train/<template>/checkpoints/last.ckpt``. Generation (``model.sample``) is
+the shared ``task=generate``; ``upscale_lanczos`` is the ``target_size`` resize these tasks use.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ SPLITS = ("train", "val", "all")
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` = the first CUDA device if there is one, else the CPU; anything else as torch spells it."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    return (
+        torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
+    )
 
 
 def tiles_of(data: DictConfig | dict[str, Any], image_size: int, split: str) -> tuple[Any, Dataset]:
@@ -71,7 +73,10 @@ def upscale_lanczos(images01: torch.Tensor, size: int | None) -> torch.Tensor:
     """Resize (N, 3, H, W) in [0, 1] to (N, 3, size, size) with Lanczos (PIL, on uint8); None = unchanged."""
     if not size or size == images01.shape[-1]:
         return images01
-    out = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in to_uint8(images01)]
+    out = [
+        np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS))
+        for a in to_uint8(images01)
+    ]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
@@ -91,25 +96,41 @@ def encode_tiles(model: LitVAE, dataset: Dataset, batch_size: int, num_workers: 
 def extract_latents(cfg: DictConfig) -> dict[str, Any]:
     """Encode a split (``latents.pt`` + ``.npy`` as task=infer_latents writes them), fit the Gaussian of the
     latents and write a checkpoint that holds it."""
-    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
+    run_dir, conf = Path(cfg.paths.run_dir), cfg
     model = load_vae(cfg, pick_device(conf.device))
     dm, dataset = tiles_of(cfg.data, model.image_size, conf.split)
     latents = encode_tiles(model, dataset, conf.batch_size, cfg.data.num_workers)
     z = torch.from_numpy(latents)
     paths, label_of = tile_paths(dataset), dict(zip(dm.files, dm.labels(), strict=True))
     mean, std = latent_stats(z)
-    save_latents(run_dir / "latents.pt", Latents(
-        z=z, paths=paths, labels=[label_of[p] for p in paths], mean=mean, std=std,
-        fingerprint=encoder_fingerprint(model.net), checkpoint=str(cfg.ckpt_path), image_size=model.image_size,
-        global_step=model.loaded_from["global_step"]))
+    save_latents(
+        run_dir / "latents.pt",
+        Latents(
+            z=z,
+            paths=paths,
+            labels=[label_of[p] for p in paths],
+            mean=mean,
+            std=std,
+            fingerprint=encoder_fingerprint(model.net),
+            checkpoint=str(cfg.ckpt_path),
+            image_size=model.image_size,
+            global_step=model.loaded_from["global_step"],
+        ),
+    )
     stats = model.fit_latent_gaussian(latents)
     np.savez(run_dir / "latent_gaussian.npz", **stats)
     ckpt = read_checkpoint(cfg.ckpt_path, "cpu")
     ckpt["state_dict"].update({k: v.cpu() for k, v in model.state_dict().items() if k.startswith("latent_")})
     torch.save(ckpt, run_dir / "vae_gaussian.ckpt")
-    result = {"checkpoint": str(cfg.ckpt_path), "split": conf.split, "num_latents": int(latents.shape[0]),
-              "latent_dim": int(latents.shape[1]), "latent_mean_norm": float(np.linalg.norm(stats["mean"])),
-              "latent_cov_trace": float(np.trace(stats["cov"])), "gaussian_checkpoint": str(run_dir / "vae_gaussian.ckpt")}
+    result = {
+        "checkpoint": str(cfg.ckpt_path),
+        "split": conf.split,
+        "num_latents": int(latents.shape[0]),
+        "latent_dim": int(latents.shape[1]),
+        "latent_mean_norm": float(np.linalg.norm(stats["mean"])),
+        "latent_cov_trace": float(np.trace(stats["cov"])),
+        "gaussian_checkpoint": str(run_dir / "vae_gaussian.ckpt"),
+    }
     write_json(run_dir / "vae_latents.json", result)
     log.info("%d latents of %s → %s", latents.shape[0], conf.split, run_dir)
     return result
@@ -120,7 +141,7 @@ def reconstruct(cfg: DictConfig) -> dict[str, Any]:
     """Reconstruct held-out tiles: PSNR/SSIM(/LPIPS), a grid (originals | reconstructions) and PNGs."""
     from rockgen.metrics import ReconstructionMetrics
 
-    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
+    run_dir, conf = Path(cfg.paths.run_dir), cfg
     model = load_vae(cfg, pick_device(conf.device))
     loader = DataLoader(tiles_of(cfg.data, model.image_size, conf.split)[1], batch_size=conf.batch_size)
     metrics = ReconstructionMetrics().to(model.device)
@@ -141,18 +162,15 @@ def reconstruct(cfg: DictConfig) -> dict[str, Any]:
 
 @torch.no_grad()
 def interpolate(cfg: DictConfig) -> dict[str, Any]:
-    """Decode the straight line between the codes of two tiles: a strip of ``vae.steps`` images."""
-    run_dir, conf = Path(cfg.paths.run_dir), cfg.vae
-    model = load_vae(cfg, pick_device(conf.device))
-    if conf.images:  # two image files, centre-cropped (or resized) to the model's size
-        ends = [TileDataset([p], model.image_size, mode="center_crop")[0]["img"] for p in conf.images]
-    else:
-        dataset = tiles_of(cfg.data, model.image_size, conf.split)[1]
-        ends = [dataset[int(i)]["img"] for i in conf.pair]
-    if len(ends) != 2:
-        raise ValueError("vae.pair (two tile indices) or vae.images (two files) must name exactly two images")
-    x_a, x_b = (e[None].to(model.device) for e in ends)
-    strip = upscale_lanczos(model.interpolate(x_a, x_b, conf.steps)[0].cpu(), conf.target_size)
-    path = save_grid(strip, run_dir / "interpolation.png", nrow=strip.shape[0])
-    save_images(strip, run_dir / "interpolation")
-    return {"checkpoint": str(cfg.ckpt_path), "steps": int(conf.steps), "strip": str(path)}
+    """Decode the straight line between the codes of ``image_a`` and ``image_b``: strip PNG + looping GIF."""
+    from rockgen.tasks.interpolate import save_gif, save_strip, setting_image
+
+    run_dir = Path(cfg.paths.run_dir)
+    model = load_vae(cfg, pick_device(cfg.device))
+    x_a, x_b = (setting_image(cfg, key, model.image_size).to(model.device) for key in ("image_a", "image_b"))
+    frames = upscale_lanczos(model.interpolate(x_a, x_b, int(cfg.frames))[0].cpu(), cfg.target_size)
+    ends = [upscale_lanczos((x.cpu() + 1) / 2, cfg.target_size) for x in (x_a, x_b)]
+    png = save_strip(frames, run_dir / "interpolation.png", *(ends if cfg.show_inputs else (None, None)))
+    gif = save_gif(frames, run_dir / "interpolation.gif", cfg.gif_frame_ms, cfg.gif_pingpong)
+    print(f"Interpolation strip: {png}\nInterpolation GIF:   {gif}", flush=True)
+    return {"run_dir": run_dir, "png": png, "gif": gif, "frames": frames}

@@ -1,0 +1,180 @@
+"""Stage 2 end to end: latent inference in dataset order, latent DDIM training, sample(), generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TINY, compose_config
+
+from experiment import LitModel
+from rockgen.latents import Latents, latent_stats, load_latents, save_latents
+from rockgen.lit.checkpoint import CheckpointError
+from rockgen.tasks.generate import generate
+from rockgen.tasks.infer_latents import infer_latents
+from rockgen.tasks.train import train
+
+DATA = [o for o in TINY if o.startswith("data.")]
+
+
+def latent_overrides(ae_ckpt, latents_path) -> list[str]:
+    return [
+        "template=demo_latent",
+        "logger=csv",
+        f"model.latent.autoenc_ckpt={ae_ckpt}",
+        f"model.latent.latents_path={latents_path}",
+        "data.batch_size=8",
+        "trainer.max_steps=3",
+        "trainer.val_check_interval=3",
+        "callbacks.checkpoint.every_n_train_steps=3",
+        "model.latent.grid_samples=4",
+        "model.evaluation.render_T=2",
+        "trainer.accelerator=cpu",
+    ]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Tiny autoencoder → latents → latent DDIM, shared by this file's tests."""
+    root = tmp_path_factory.mktemp("pipeline")
+    train(compose_config(TINY, root / "ae"))
+    ae = root / "ae" / "checkpoints" / "last.ckpt"
+    inf = infer_latents(compose_config(["task=infer_latents", f"ckpt_path={ae}", *TINY], root / "latents"))
+    train(compose_config(latent_overrides(ae, inf["latents_path"]), root / "latent"))
+    return {
+        "ae": ae,
+        "latents": inf["latents_path"],
+        "latent": root / "latent" / "checkpoints" / "last.ckpt",
+        "root": root,
+    }
+
+
+def test_latents_are_in_dataset_order_with_stats(pipeline):
+    import hydra
+
+    lat = load_latents(pipeline["latents"])
+    model = LitModel.load_from_checkpoint(pipeline["ae"], map_location="cpu", weights_only=True)
+    dm = hydra.utils.instantiate(
+        compose_config(["task=infer_latents", *TINY], pipeline["root"]).data,
+        image_size=model.image_size,
+        _convert_="all",
+    )
+    dm.setup("predict")
+    assert lat.paths == dm.predict_paths() and len(lat.paths) == lat.z.shape[0]
+    items = [dm.predict_set[i] for i in (0, 7, len(lat.paths) - 1)]
+    z = model.encode(torch.stack([it["img"] for it in items]))
+    torch.testing.assert_close(lat.z[[0, 7, len(lat.paths) - 1]], z, rtol=1e-4, atol=1e-4)
+    mean, std = latent_stats(lat.z)
+    torch.testing.assert_close(lat.mean, mean)
+    assert sorted(set(lat.labels)) == ["cobbles", "fractured", "granite", "gravel", "layered"]
+    assert (pipeline["latents"].with_suffix(".npy")).is_file()
+
+
+def test_normalise_round_trip():
+    z = torch.randn(50, 8, dtype=torch.float64) * 3 + 1
+    mean, std = latent_stats(z)
+    lat = Latents(z=z.float(), paths=[""] * 50, labels=[""] * 50, mean=mean, std=std, fingerprint="x")
+    zn = lat.normalise(z.float())
+    torch.testing.assert_close(zn.mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(zn.std(0, unbiased=False), torch.ones(8), atol=1e-5, rtol=0)
+    torch.testing.assert_close(lat.denormalise(zn), z.float(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_latent_inference_identical_with_two_ddp_processes(pipeline, tmp_path):
+    cfg = compose_config(
+        [
+            "task=infer_latents",
+            f"ckpt_path={pipeline['ae']}",
+            *TINY,
+            "strategy=ddp_spawn",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "data.val_batch_size=4",
+        ],
+        tmp_path,
+    )
+    res = infer_latents(cfg)
+    two, one = load_latents(res["latents_path"]), load_latents(pipeline["latents"])
+    assert two.paths == one.paths
+    torch.testing.assert_close(two.z, one.z, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_shape_range_and_seed(pipeline):
+    model = LitModel.load_from_checkpoint(pipeline["latent"], map_location="cpu", weights_only=True)
+    a = model.sample(3, "cpu", T=2, T_latent=3, seed=1)
+    b = model.sample(3, "cpu", T=2, T_latent=3, seed=1)
+    c = model.sample(3, "cpu", T=2, T_latent=3, seed=2)
+    assert a.shape == (3, 3, 32, 32) and a.min() >= 0 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+    assert (pipeline["root"] / "latent" / "images" / "samples_step0000003.png").is_file()
+
+
+def test_autoencoder_checkpoint_cannot_sample(pipeline):
+    model = LitModel.load_from_checkpoint(pipeline["ae"], map_location="cpu", weights_only=True)
+    with pytest.raises(RuntimeError, match="latent"):
+        model.sample(2, "cpu")
+
+
+def test_generate_writes_exactly_n_files(pipeline, tmp_path):
+    cfg = compose_config(
+        [
+            "task=generate",
+            "template=demo_latent",
+            f"ckpt_path={pipeline['latent']}",
+            "num_samples=5",
+            "batch_size=2",
+            "T=2",
+            "T_latent=2",
+            "target_size=48",
+            "trainer.accelerator=cpu",
+        ],
+        tmp_path,
+    )
+    res = generate(cfg)
+    files = sorted(p.name for p in res["samples_dir"].iterdir())
+    assert files == [f"{i:06d}.png" for i in range(5)]
+    from PIL import Image
+
+    assert Image.open(res["samples_dir"] / "000004.png").size == (48, 48)
+    assert res["grid"].is_file()
+
+
+def test_generate_from_autoencoder_is_a_clear_error(pipeline, tmp_path):
+    cfg = compose_config(["task=generate", f"ckpt_path={pipeline['ae']}"], tmp_path)
+    with pytest.raises(ValueError, match="latent"):
+        generate(cfg)
+
+
+def test_infer_latents_rejects_a_non_autoencoder_checkpoint(tmp_path):
+    bad = tmp_path / "x.ckpt"
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {}, "rockgen_class": "rockgen.lit.common:RockgenModule"}, bad
+    )
+    with pytest.raises(CheckpointError, match="autoencoder"):
+        infer_latents(compose_config(["task=infer_latents", f"ckpt_path={bad}"], tmp_path))
+
+
+def test_mismatched_latents_file_is_a_clear_error(pipeline, tmp_path):
+    lat = load_latents(pipeline["latents"])
+    wrong = Latents(
+        z=torch.zeros(40, 7),
+        paths=[""] * 40,
+        labels=[""] * 40,
+        mean=torch.zeros(7),
+        std=torch.ones(7),
+        fingerprint=lat.fingerprint,
+    )
+    save_latents(tmp_path / "wrong_dim.pt", wrong)
+    other = Latents(
+        z=lat.z, paths=lat.paths, labels=lat.labels, mean=lat.mean, std=lat.std, fingerprint="0" * 16
+    )
+    save_latents(tmp_path / "other_ae.pt", other)
+    for name, match in (
+        ("wrong_dim.pt", "7-d"),
+        ("other_ae.pt", "different autoencoder"),
+        ("missing.pt", "not found"),
+    ):
+        cfg = compose_config(latent_overrides(pipeline["ae"], tmp_path / name), tmp_path / f"run-{name}")
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            train(cfg)
