@@ -48,9 +48,7 @@ def test_compare_writes_every_row(checkpoints, tmp_path):
     from rockgen.tasks.compare import compare
 
     ckpts = [f"compare.{kind}_ckpt={path}" for kind, path in checkpoints.items()]
-    report = compare(
-        compose_config([*FAST, *ckpts, "compare.presets=[demo_vae]", "compare.isolate=false"], tmp_path)
-    )
+    report = compare(compose_config([*FAST, *ckpts, "compare.presets=[demo_vae]", "compare.isolate=false"], tmp_path))
     models = report["models"]
     assert [(m["kind"], m["source"].startswith("fresh")) for m in models] == [
         ("diffae", False),

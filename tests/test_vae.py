@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,23 +162,48 @@ def test_latents_task_fits_the_gaussian_into_a_new_checkpoint(trained_vae, tmp_p
 
 
 def test_reconstruct_and_interpolate_tasks_write_their_images(trained_vae, tmp_path):
+    from PIL import Image
+
     from rockgen.tasks.vae_tasks import interpolate, reconstruct
 
     ckpt = f"ckpt_path={trained_vae / 'checkpoints' / 'last.ckpt'}"
-    res = reconstruct(
-        compose_config(
-            [*TINY, "task=vae_reconstruct", "template=demo_vae", ckpt, "vae.target_size=48"], tmp_path / "rec"
-        )
-    )
+    cfg = compose_config([*TINY, "task=vae_reconstruct", "template=demo_vae", ckpt, "target_size=48"], tmp_path / "rec")
+    res = reconstruct(cfg)
     pngs = sorted((tmp_path / "rec" / "reconstructions").glob("*.png"))
     assert res["images"] == len(pngs) > 0 and {"psnr", "ssim"} <= set(res)
-    from PIL import Image
-
     assert Image.open(pngs[0]).size == (48, 48)  # Lanczos-upscaled
+    image_a, image_b = sorted(Path(cfg.data.demo_dir).rglob("*.png"))[:2]
     out = interpolate(
         compose_config(
-            [*TINY, "task=vae_interpolate", "template=demo_vae", ckpt, "vae.steps=4"], tmp_path / "int"
+            [
+                *TINY,
+                "task=vae_interpolate",
+                "template=demo_vae",
+                ckpt,
+                "frames=4",
+                f"image_a={image_a}",
+                f"image_b={image_b}",
+            ],
+            tmp_path / "int",
         )
     )
-    assert Image.open(out["strip"]).size[0] > 4 * 32
-    assert len(list((tmp_path / "int" / "interpolation").glob("*.png"))) == 4
+    assert out["frames"].shape == (4, 3, 32, 32)
+    assert Image.open(out["png"]).size[0] > 6 * 32  # 4 frames framed by the 2 inputs
+    assert out["gif"].is_file()
+
+
+def test_tasks_name_a_missing_or_foreign_checkpoint(tmp_path):
+    from rockgen.lit.checkpoint import CheckpointError
+    from rockgen.lit.pixel import PixelDiffusion
+    from rockgen.tasks.vae_tasks import extract_latents
+
+    with pytest.raises(CheckpointError, match="ckpt_path: .*not found"):
+        extract_latents(compose_config(["task=vae_latents", f"ckpt_path={tmp_path / 'nope.ckpt'}"], tmp_path))
+    pixel = PixelDiffusion(
+        unet=dict(image_size=16, model_channels=32, channel_mult=[1], num_res_blocks=1, attention_resolutions=[])
+    )
+    ckpt = {"state_dict": pixel.state_dict(), "hyper_parameters": dict(pixel.hparams)}
+    pixel.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "pixel.ckpt")
+    with pytest.raises(CheckpointError, match="needs a LitVAE"):
+        extract_latents(compose_config(["task=vae_latents", f"ckpt_path={tmp_path / 'pixel.ckpt'}"], tmp_path))

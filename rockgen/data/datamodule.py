@@ -22,7 +22,7 @@ Usage::
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,8 @@ class TileDataModule(pl.LightningDataModule):
             tiles do not leak across the split; ``None``/0 = per file.
         extensions: file extensions to accept (default png, jpg, jpeg, tif, tiff, webp).
         strict: raise on an unreadable file instead of skipping it with one warning.
+        rescale: 16-bit/float grey input range: "full" (type range), "minmax" (per image) or [lo, hi].
+        background: RGB that transparent pixels are composited onto (black: the nodata convention).
     """
 
     def __init__(
@@ -87,6 +89,8 @@ class TileDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         persistent_workers: bool = True,
         pin_memory: bool = True,
+        rescale: str | Sequence[float] = "full",
+        background: Sequence[int] = (0, 0, 0),
     ):
         super().__init__()
         if crop not in CROPS:
@@ -116,6 +120,8 @@ class TileDataModule(pl.LightningDataModule):
         self.split_seed = int(split_seed)
         self.persistent_workers = bool(persistent_workers)
         self.pin_memory = bool(pin_memory)
+        self.rescale = rescale if isinstance(rescale, str) else tuple(float(v) for v in rescale)
+        self.background = tuple(int(v) for v in background)
         self.save_hyperparameters(logger=False)
         self._files: list[str] | None = None
         self._sizes: list[tuple[int, int]] = []
@@ -213,6 +219,8 @@ class TileDataModule(pl.LightningDataModule):
             augment=augment,
             strict=self.strict,
             sizes=[size_of[f] for f in files],
+            rescale=self.rescale,
+            background=self.background,
         )
 
     # ------------------------------------------------------------------ loaders

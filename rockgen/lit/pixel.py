@@ -83,8 +83,7 @@ class PixelDiffusion(RockgenModule):
         unet_cfg = parse(UNetConfig, {"cond_channels": None, **hp["unet"]}, "model.unet")
         if unet_cfg.cond_channels is not None:
             raise ValueError(
-                "model.unet.cond_channels must be null for the pixel baseline (no z_sem), got "
-                f"{unet_cfg.cond_channels}"
+                f"model.unet.cond_channels must be null for the pixel baseline (no z_sem), got {unet_cfg.cond_channels}"
             )
         self.diffusion_conf = parse(DiffusionConf, hp["diffusion"], "model.diffusion")
         self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
@@ -124,9 +123,7 @@ class PixelDiffusion(RockgenModule):
         fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored.
         """
         if method not in METHODS:
-            raise ValueError(
-                f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}"
-            )
+            raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
         warn_unused("PixelDiffusion", unused)
         device = torch.device(device or self.device)
         gen = seeded_generator(seed, device)
@@ -149,9 +146,7 @@ class PixelDiffusion(RockgenModule):
         t = sample_timesteps(x0.shape[0], d.num_timesteps, x0.device, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         out = net(q_sample(self.schedule, x0, t, noise), t)
-        return regression_loss(
-            d.loss, out, training_target(d.prediction, x0, noise, self.schedule.abar(t, x0))
-        )
+        return regression_loss(d.loss, out, training_target(d.prediction, x0, noise, self.schedule.abar(t, x0)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x0 = batch["img"].to(memory_format=self.memory_format)

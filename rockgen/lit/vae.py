@@ -55,9 +55,7 @@ class VAEEvalConf:
     grid_images: int = 8  # rows of the grid: originals | reconstructions | prior samples
     seed: int = 0  # the prior samples of the grid
     lpips: bool = True  # when the AlexNet backbone weights are present
-    T: list[int] | None = (
-        None  # unused (decoding is one step); accepted so shared overrides (debug=tiny) apply
-    )
+    T: list[int] | None = None  # unused (decoding is one step); accepted so shared overrides (debug=tiny) apply
 
 
 class LitVAE(RockgenModule):
@@ -100,9 +98,8 @@ class LitVAE(RockgenModule):
         self.register_buffer("latent_cov", torch.eye(d, dtype=torch.float64))
         self.register_buffer("latent_count", torch.zeros((), dtype=torch.int64))
         self._lpips: torch.nn.Module | None = None  # built in setup(); kept out of the state dict
-        self._metrics: dict[
-            str, Any
-        ] = {}  # ReconstructionMetrics, built lazily; a dict keeps it unregistered
+        # ReconstructionMetrics, built at the first validation; held in a dict so that it is not registered
+        self._metrics: dict[str, Any] = {}
         self._grid: list[torch.Tensor] | None = None
 
     @property
@@ -206,9 +203,7 @@ class LitVAE(RockgenModule):
     def load_latent_gaussian(self, path: str | Path) -> dict[str, np.ndarray]:
         """Load ``mean``, ``cov`` and ``count`` from a ``latent_gaussian.npz`` written by task=vae_latents."""
         with np.load(path) as f:
-            return self._set_gaussian(
-                torch.from_numpy(f["mean"]), torch.from_numpy(f["cov"]), int(f["count"])
-            )
+            return self._set_gaussian(torch.from_numpy(f["mean"]), torch.from_numpy(f["cov"]), int(f["count"]))
 
     def _set_gaussian(self, mean: torch.Tensor, cov: torch.Tensor, count: int) -> dict[str, np.ndarray]:
         if mean.shape != self.latent_mean.shape or cov.shape != self.latent_cov.shape:
@@ -256,9 +251,7 @@ class LitVAE(RockgenModule):
         x = batch["img"]
         terms = self.losses(self.model, x)
         check_finite_loss(self, terms["loss"])
-        self.log_dict(
-            {f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=x.shape[0]
-        )
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=x.shape[0])
         return terms["loss"]
 
     def optimizer_step(self, *args, **kwargs) -> None:

@@ -64,9 +64,7 @@ def unpatchify(tokens: torch.Tensor, p: int, size: int) -> torch.Tensor:
     return x.reshape(b, c, size, size)
 
 
-def reparameterize(
-    mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """z = μ + exp(½ log σ²)·ε, ε ~ N(0, I): a sample of q(z|x) that gradients flow through."""
     eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
     return mu + (0.5 * logvar).exp() * eps
@@ -88,18 +86,12 @@ class TransformerBlock(nn.Module):
         self.proj = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, width)
-        )
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, N, width) → (B, N, width)."""
         b, n, c = x.shape
-        q, k, v = (
-            self.qkv(self.norm1(x))
-            .reshape(b, n, 3, self.num_heads, c // self.num_heads)
-            .permute(2, 0, 3, 1, 4)
-        )
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         h = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(h.transpose(1, 2).reshape(b, n, c))
         return x + self.mlp(self.norm2(x))
@@ -135,9 +127,7 @@ class ViTAutoencoder(nn.Module):
         w, p, m = cfg.width, cfg.patch_size, cfg.latent_tokens
         self.num_patches = (cfg.image_size // p) ** 2
         # encoder
-        self.patch_embed = nn.Conv2d(
-            cfg.in_channels, w, p, stride=p
-        )  # = a linear map of each flattened patch
+        self.patch_embed = nn.Conv2d(cfg.in_channels, w, p, stride=p)  # = a linear map of each flattened patch
         self.enc_pos = nn.Parameter(torch.zeros(1, self.num_patches, w))
         self.enc_queries = nn.Parameter(torch.zeros(1, m, w))
         self.encoder = Transformer(cfg, cfg.encoder_depth)
@@ -172,9 +162,7 @@ class ViTAutoencoder(nn.Module):
         h = self.decoder(torch.cat([memory, self.dec_pos.expand(b, -1, -1)], dim=1))[:, m:]
         return self.head(unpatchify(self.to_patches(h), self.cfg.patch_size, self.cfg.image_size))
 
-    def forward(
-        self, x: torch.Tensor, sample: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x → (x̂, μ, log σ²), decoding a reparameterised z (``sample``) or μ itself."""
         mu, logvar = self.encode(x)
         return self.decode(reparameterize(mu, logvar) if sample else mu), mu, logvar
@@ -191,9 +179,7 @@ def _init_weights(module: nn.Module) -> None:
 def _check(cfg: ViTAEConfig) -> None:
     """ValueError naming the bad ViTAEConfig field."""
     if cfg.patch_size < 1 or cfg.image_size % cfg.patch_size:
-        raise ValueError(
-            f"ViTAEConfig.image_size={cfg.image_size} must be a multiple of patch_size={cfg.patch_size}"
-        )
+        raise ValueError(f"ViTAEConfig.image_size={cfg.image_size} must be a multiple of patch_size={cfg.patch_size}")
     if cfg.num_heads < 1 or cfg.width % cfg.num_heads:
         raise ValueError(f"ViTAEConfig.num_heads={cfg.num_heads} must divide width={cfg.width}")
     for name in ("in_channels", "width", "encoder_depth", "decoder_depth", "latent_dim", "latent_tokens"):

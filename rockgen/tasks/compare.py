@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rockgen.tasks import write_json
+from rockgen.tasks.vae_tasks import pick_device, tiles_of
 
 KINDS = {"diffae": "DiffAE", "pixel": "Pixel DDPM", "vae": "VAE"}
 TARGET_KIND = {
@@ -50,37 +51,12 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     """Measure every checkpoint given and every fresh preset model; write comparison.md and .json."""
     conf = OmegaConf.to_container(cfg.compare, resolve=True)
     run_dir = Path(cfg.paths.run_dir)
-    common = {
-        k: conf[k]
-        for k in (
-            "batch_size",
-            "repeats",
-            "device",
-            "threads",
-            "seed",
-            "diffae_T",
-            "diffae_T_latent",
-            "pixel_T",
-            "ddpm_steps",
-            "ddpm_probe_steps",
-        )
-    }
-    recon = {
-        "data": OmegaConf.to_container(cfg.data, resolve=True),
-        "max_items": conf["recon_items"],
-        "T": conf["diffae_T"],
-    }
-    jobs = [
-        {**common, "kind": kind, "ckpt": str(conf[f"{kind}_ckpt"]), "recon": recon}
-        for kind in KINDS
-        if conf.get(f"{kind}_ckpt")
-    ]
+    recon = {"data": OmegaConf.to_container(cfg.data, resolve=True), "max_items": conf["recon_items"]}
+    jobs = [{**conf, "kind": k, "ckpt": str(conf[f"{k}_ckpt"]), "recon": recon} for k in KINDS if conf[f"{k}_ckpt"]]
     presets = conf["presets"] or [f"rock{r}_{PRESET_SUFFIX[k]}" for r in conf["resolutions"] for k in KINDS]
-    jobs += [{**common, "kind": preset_kind(name), "preset": name, "recon": None} for name in presets]
+    jobs += [{**conf, "kind": preset_kind(name), "preset": name, "recon": None} for name in presets]
     if not jobs:
-        raise ValueError(
-            "nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions"
-        )
+        raise ValueError("nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions")
     results = []
     for job in jobs:
         print(f"[compare] {KINDS[job['kind']]} {job.get('ckpt') or job['preset']}", flush=True)
@@ -122,15 +98,13 @@ def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
             text=True,
         )
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"compare worker failed for {job.get('ckpt') or job['preset']}:\n{proc.stderr[-4000:]}"
-            )
+            raise RuntimeError(f"compare worker failed for {job.get('ckpt') or job['preset']}:\n{proc.stderr[-4000:]}")
         return json.loads(out.read_text())
 
 
 def environment(conf: dict[str, Any]) -> dict[str, Any]:
-    device = _device(conf["device"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    device = pick_device(conf["device"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "device": str(device),
         "device_name": name,
@@ -149,14 +123,12 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Build or load one model, time its sampling methods, record peak memory, score reconstructions."""
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
-    device = _device(job["device"])
+    device = pick_device(job["device"])
     base = _rss_mb() if device.type == "cpu" else 0.0
     model = _load(job, device)
     copies = 2 if getattr(model, "ema_model", None) is not None else 1  # training weights + EMA
     params = sum(p.numel() for p in model.parameters()) // copies
-    training_copy_mb = (
-        (copies - 1) * sum(p.numel() * p.element_size() for p in model.parameters()) / copies / 2**20
-    )
+    training_copy_mb = (copies - 1) * sum(p.numel() * p.element_size() for p in model.parameters()) / copies / 2**20
     _reset_peak(device)
     rows = [_time_row(job, device, name, fn) for name, fn in _methods(model, job, device)]
     memory = _peak_mb(device) - base - training_copy_mb
@@ -185,9 +157,7 @@ def _load(job: dict[str, Any], device: torch.device):
     return model.to(device).eval()
 
 
-def _methods(
-    model, job: dict[str, Any], device: torch.device
-) -> list[tuple[str, Callable[[int, bool], str]]]:
+def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str, Callable[[int, bool], str]]]:
     """(row name, fn(batch, warm_up) → note) of each sampling method of the model; warm-up runs 2 steps."""
     seed = job["seed"]
     if job["kind"] == "vae":
@@ -212,15 +182,18 @@ def _methods(
             (f"DDPM-{job['ddpm_steps']}", pixel(probe, "ddpm"))
         ]
     T, T_latent = job["diffae_T"], job["diffae_T_latent"]
+    if getattr(model, "has_latent", False) and bool(model.latent_ready):
 
-    def diffae(n: int, warm: bool) -> str:
-        steps = 2 if warm else T
-        try:
-            model.sample(n, device, T=steps, T_latent=2 if warm else T_latent)
+        def diffae(n: int, warm: bool) -> str:
+            model.sample(n, device, T=2 if warm else T, T_latent=2 if warm else T_latent, seed=seed)
             return f"latent DDIM-{T_latent} + render DDIM-{T}"
-        except (RuntimeError, NotImplementedError, AttributeError):
-            z = torch.randn(n, model.ema_model.decoder.cfg.cond_channels, device=device)
-            model.render(torch.randn(n, 3, model.image_size, model.image_size, device=device), z, T=steps)
+    else:
+
+        def diffae(n: int, warm: bool) -> str:
+            gen = torch.Generator(device=device).manual_seed(seed)
+            s, d = model.image_size, model.ema_model.decoder.cfg.cond_channels
+            x_T = torch.randn(n, 3, s, s, generator=gen, device=device)
+            model.render(x_T, torch.randn(n, d, generator=gen, device=device), T=2 if warm else T)
             return f"render DDIM-{T} with random z_sem (no latent DDIM in this model)"
 
     return [(f"T={T}", diffae)]
@@ -257,16 +230,15 @@ def _reconstruction(model, job: dict[str, Any], device: torch.device) -> list[di
     from torch.utils.data import DataLoader, Subset
 
     from rockgen.metrics import ReconstructionMetrics
-    from rockgen.tasks.vae_tasks import tiles_of
 
     spec = job["recon"]
     tiles = tiles_of({**spec["data"], "num_workers": 0}, model.image_size, "val")[1]
     if spec["max_items"] and len(tiles) > spec["max_items"]:
         tiles = Subset(tiles, range(spec["max_items"]))
-    T = spec["T"]
+    T = job["diffae_T"]
     codes = {
-        "vae": {"z = μ (decode)": None},
-        "diffae": {f"z_sem + inferred x_T (DDIM-{T})": None, f"z_sem only, random x_T (DDIM-{T})": None},
+        "vae": ["z = μ (decode)"],
+        "diffae": [f"z_sem + inferred x_T (DDIM-{T})", f"z_sem only, random x_T (DDIM-{T})"],
     }
     metrics = {name: ReconstructionMetrics().to(device) for name in codes[job["kind"]]}
     gen = torch.Generator(device=device).manual_seed(job["seed"])
@@ -279,16 +251,19 @@ def _reconstruction(model, job: dict[str, Any], device: torch.device) -> list[di
         z = model.encode(x)
         inferred, random = metrics
         metrics[inferred].update(model.render(model.encode_stochastic(x, z, T=T), z, T=T), target)
-        metrics[random].update(
-            model.render(torch.randn(x.shape, generator=gen, device=device), z, T=T), target
-        )
+        metrics[random].update(model.render(torch.randn(x.shape, generator=gen, device=device), z, T=T), target)
     return [{"code": name, "tiles": len(tiles), **m.compute()} for name, m in metrics.items()]
 
 
-def _device(name: str | None) -> torch.device:
-    if not name or name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def _cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -363,15 +338,12 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def _short(source: str) -> str:
-    """A checkpoint path as ``<run>/<file>``; fresh presets as they are."""
-    p = Path(source)
-    return (
-        source
-        if source.startswith("fresh ")
-        else f"{p.parent.parent.name}/{p.name}"
-        if p.parent.name == "checkpoints"
-        else f"{p.parent.name}/{p.name}"
-    )
+    """A checkpoint as ``<run>/<file>`` (``<run>/checkpoints/<file>`` → ``<run>/<file>``); presets unchanged."""
+    if source.startswith("fresh "):
+        return source
+    path = Path(source)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{run.name}/{path.name}"
 
 
 if __name__ == "__main__":  # the isolated worker: python -m rockgen.tasks.compare job.json result.json

@@ -3,8 +3,8 @@
     python run.py template=demo_vae                                  # train (the ordinary train task)
     python run.py task=vae_latents template=demo_vae                 # latents.npy, latent_gaussian.npz,
                                                                      #   vae_gaussian.ckpt (Gaussian inside)
-    python run.py task=vae_reconstruct template=demo_vae vae.target_size=128
-    python run.py task=vae_interpolate template=demo_vae vae.pair=[0,10] vae.steps=8
+    python run.py task=vae_reconstruct template=demo_vae target_size=128
+    python run.py task=vae_interpolate template=demo_vae image_a=a.png image_b=b.png frames=8
 
 ``ckpt_path`` defaults to ``logs/train/<template>/checkpoints/last.ckpt``. Generation (``model.sample``) is
 the shared ``task=generate``; ``upscale_lanczos`` is the ``target_size`` resize these tasks use.
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from rockgen.data import TileDataset
 from rockgen.latents import Latents, encoder_fingerprint, latent_stats, save_latents
-from rockgen.lit.checkpoint import load_checkpoint_module, read_checkpoint
+from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module, read_checkpoint
 from rockgen.lit.vae import LitVAE
 from rockgen.tasks import write_json
 from rockgen.visual import save_grid, save_images, to_uint8
@@ -37,9 +37,7 @@ SPLITS = ("train", "val", "all")
 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` = the first CUDA device if there is one, else the CPU; anything else as torch spells it."""
-    return (
-        torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-    )
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
 
 
 def tiles_of(data: DictConfig | dict[str, Any], image_size: int, split: str) -> tuple[Any, Dataset]:
@@ -73,17 +71,23 @@ def upscale_lanczos(images01: torch.Tensor, size: int | None) -> torch.Tensor:
     """Resize (N, 3, H, W) in [0, 1] to (N, 3, size, size) with Lanczos (PIL, on uint8); None = unchanged."""
     if not size or size == images01.shape[-1]:
         return images01
-    out = [
-        np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS))
-        for a in to_uint8(images01)
-    ]
+    out = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in to_uint8(images01)]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 def load_vae(cfg: DictConfig, device: torch.device) -> LitVAE:
+    """The LitVAE at ``cfg.ckpt_path`` on ``device``, in eval mode; errors name ``ckpt_path``."""
     if not cfg.ckpt_path:
         raise ValueError("ckpt_path: give the checkpoint of a trained VAE (task=train template=demo_vae)")
-    return load_checkpoint_module(cfg.ckpt_path, map_location=device, expect=LitVAE)
+    try:
+        return load_checkpoint_module(
+            Path(cfg.ckpt_path).expanduser(),
+            map_location=device,
+            expect=LitVAE,
+            trusted=bool(cfg.get("trusted_checkpoint", False)),
+        )
+    except CheckpointError as err:
+        raise CheckpointError(f"ckpt_path: {err}") from None
 
 
 @torch.no_grad()
@@ -96,10 +100,10 @@ def encode_tiles(model: LitVAE, dataset: Dataset, batch_size: int, num_workers: 
 def extract_latents(cfg: DictConfig) -> dict[str, Any]:
     """Encode a split (``latents.pt`` + ``.npy`` as task=infer_latents writes them), fit the Gaussian of the
     latents and write a checkpoint that holds it."""
-    run_dir, conf = Path(cfg.paths.run_dir), cfg
-    model = load_vae(cfg, pick_device(conf.device))
-    dm, dataset = tiles_of(cfg.data, model.image_size, conf.split)
-    latents = encode_tiles(model, dataset, conf.batch_size, cfg.data.num_workers)
+    run_dir = Path(cfg.paths.run_dir)
+    model = load_vae(cfg, pick_device(cfg.device))
+    dm, dataset = tiles_of(cfg.data, model.image_size, cfg.split)
+    latents = encode_tiles(model, dataset, cfg.batch_size, cfg.data.num_workers)
     z = torch.from_numpy(latents)
     paths, label_of = tile_paths(dataset), dict(zip(dm.files, dm.labels(), strict=True))
     mean, std = latent_stats(z)
@@ -124,7 +128,7 @@ def extract_latents(cfg: DictConfig) -> dict[str, Any]:
     torch.save(ckpt, run_dir / "vae_gaussian.ckpt")
     result = {
         "checkpoint": str(cfg.ckpt_path),
-        "split": conf.split,
+        "split": cfg.split,
         "num_latents": int(latents.shape[0]),
         "latent_dim": int(latents.shape[1]),
         "latent_mean_norm": float(np.linalg.norm(stats["mean"])),
@@ -132,7 +136,7 @@ def extract_latents(cfg: DictConfig) -> dict[str, Any]:
         "gaussian_checkpoint": str(run_dir / "vae_gaussian.ckpt"),
     }
     write_json(run_dir / "vae_latents.json", result)
-    log.info("%d latents of %s → %s", latents.shape[0], conf.split, run_dir)
+    log.info("%d latents of %s → %s", latents.shape[0], cfg.split, run_dir)
     return result
 
 
@@ -141,9 +145,9 @@ def reconstruct(cfg: DictConfig) -> dict[str, Any]:
     """Reconstruct held-out tiles: PSNR/SSIM(/LPIPS), a grid (originals | reconstructions) and PNGs."""
     from rockgen.metrics import ReconstructionMetrics
 
-    run_dir, conf = Path(cfg.paths.run_dir), cfg
-    model = load_vae(cfg, pick_device(conf.device))
-    loader = DataLoader(tiles_of(cfg.data, model.image_size, conf.split)[1], batch_size=conf.batch_size)
+    run_dir = Path(cfg.paths.run_dir)
+    model = load_vae(cfg, pick_device(cfg.device))
+    loader = DataLoader(tiles_of(cfg.data, model.image_size, cfg.split)[1], batch_size=cfg.batch_size)
     metrics = ReconstructionMetrics().to(model.device)
     grid, start = None, 0
     for batch in loader:
@@ -152,10 +156,10 @@ def reconstruct(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(rec, target)
         if grid is None:
             grid = torch.cat([target[:8], rec[:8]]).cpu()
-        save_images(upscale_lanczos(rec.cpu(), conf.target_size), run_dir / "reconstructions", start)
+        save_images(upscale_lanczos(rec.cpu(), cfg.target_size), run_dir / "reconstructions", start)
         start += x.shape[0]
     save_grid(grid, run_dir / "reconstructions.png", nrow=grid.shape[0] // 2)
-    result = {"checkpoint": str(cfg.ckpt_path), "split": conf.split, "images": start, **metrics.compute()}
+    result = {"checkpoint": str(cfg.ckpt_path), "split": cfg.split, "images": start, **metrics.compute()}
     write_json(run_dir / "reconstruction.json", result)
     return result
 
