@@ -41,8 +41,9 @@ FITS = ("crop", "resize")
 
 
 # ------------------------------------------------------------------------------------------ interpolation
-def slerp(a: torch.Tensor, b: torch.Tensor, w: float | Sequence[float] | torch.Tensor,
-          eps: float = 1e-4) -> torch.Tensor:
+def slerp(
+    a: torch.Tensor, b: torch.Tensor, w: float | Sequence[float] | torch.Tensor, eps: float = 1e-4
+) -> torch.Tensor:
     """Spherical linear interpolation (Shoemake 1985) of each sample, flattened: a, b (B, ...) → (B, ...).
 
     slerp(a, b, w) = sin((1−w)θ)/sin θ · a + sin(wθ)/sin θ · b with θ the angle between a and b; the angle to
@@ -69,7 +70,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, w: float | Sequence[float] | torch.T
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """(1−w)·a + w·b for a, b (1 or B, D) and w (B,): exact at both ends (``torch.lerp`` is not at w = 1)."""
+    """(1−w)·a + w·b for a, b (1 or B, D) and w (B,) → (B, D); w = 0 and w = 1 give a and b exactly."""
     w = w.to(a).reshape(-1, 1)
     return (1 - w) * a + w * b
 
@@ -93,7 +94,7 @@ def load_image_tensor(path: str | Path, image_size: int, fit: str = "crop") -> t
     if fit == "resize" or min(h, w) < image_size:
         img = resize_short_side(img, image_size)
     top, left = center_window(img.shape[0], img.shape[1], image_size)
-    return to_model_range(img[top:top + image_size, left:left + image_size]).unsqueeze(0)
+    return to_model_range(img[top : top + image_size, left : left + image_size]).unsqueeze(0)
 
 
 def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -104,17 +105,27 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def render_batched(model, x_T: torch.Tensor, z: torch.Tensor, T: int | None, batch_size: int = 16,
-                   progress: bool = False) -> torch.Tensor:
+def render_batched(
+    model, x_T: torch.Tensor, z: torch.Tensor, T: int | None, batch_size: int = 16, progress: bool = False
+) -> torch.Tensor:
     """``model.render`` of x_T (N, 3, S, S) with codes (N, D) in chunks of ``batch_size`` → [0, 1], on CPU."""
-    chunks = [model.render(x_T[i:i + batch_size], z[i:i + batch_size], T=T, progress=progress).cpu()
-              for i in range(0, x_T.shape[0], max(1, int(batch_size)))]
+    bs = max(1, int(batch_size))
+    chunks = [
+        model.render(x_T[i : i + bs], z[i : i + bs], T=T, progress=progress).cpu() for i in range(0, len(x_T), bs)
+    ]
     return torch.cat(chunks)
 
 
 @torch.no_grad()
-def interpolate(model, x_a: torch.Tensor, x_b: torch.Tensor, frames: int = 8, T: int | None = None,
-                batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+def interpolate(
+    model,
+    x_a: torch.Tensor,
+    x_b: torch.Tensor,
+    frames: int = 8,
+    T: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> torch.Tensor:
     """Frames from image a to image b (both ends included): (frames, 3, S, S) in [0, 1].
 
     x_a, x_b (1, 3, S, S) in [-1, 1]. Frame i at w = i/(frames−1) renders x_T = slerp(x_T^a, x_T^b, w) with
@@ -173,16 +184,18 @@ def match_labels(paths: Sequence[str], table: dict[str, str], source: str = "lab
         hits = by_suffix.get(Path(key).parts, set())
         hits = {key} if key in hits else hits  # an exact path wins over longer paths that end with it
         if len(hits) > 1:
-            raise ValueError(f"{source}: {key!r} matches {len(hits)} images (e.g. {sorted(hits)[:2]}): "
-                             "give a longer path")
+            raise ValueError(
+                f"{source}: {key!r} matches {len(hits)} images (e.g. {sorted(hits)[:2]}): give a longer path"
+            )
         unmatched += not hits
         label_of.update(dict.fromkeys(hits, label))
     if not label_of:
-        raise ValueError(f"{source}: none of its {len(table)} paths matches an image of the latents file "
-                         f"(e.g. CSV {next(iter(table))!r} vs latents {paths[0] if paths else '-'!r})")
+        raise ValueError(
+            f"{source}: none of its {len(table)} paths matches an image of the latents file "
+            f"(e.g. CSV {next(iter(table))!r} vs latents {paths[0] if paths else '-'!r})"
+        )
     if unmatched:
-        log.warning("%s: %d of its %d paths match no image of the latents file", source, unmatched,
-                    len(table))
+        log.warning("%s: %d of its %d paths match no image of the latents file", source, unmatched, len(table))
     return [label_of.get(p) for p in paths]
 
 
@@ -192,8 +205,10 @@ def code_labels(latents: Latents, labels_csv: str | Path | None = None) -> list[
         return match_labels(latents.paths, read_labels_csv(labels_csv), f"labels CSV {labels_csv}")
     labels = [lab or None for lab in latents.labels]
     if not any(labels):
-        raise ValueError("no class labels: the latents file's images were not in sub-folders of the data "
-                         "root (sub-folder name = class); give a CSV of path,label with labels_csv=...")
+        raise ValueError(
+            "no class labels: the latents file's images were not in sub-folders of the data "
+            "root (sub-folder name = class); give a CSV of path,label with labels_csv=..."
+        )
     return labels
 
 
@@ -234,13 +249,18 @@ class LinearClassifier:
 
     def summary(self) -> dict:
         """JSON-ready description (no weights)."""
-        return {"classes": list(self.classes), "heldout_accuracy": self.heldout_accuracy,
-                "train_accuracy": self.train_accuracy, "counts": dict(self.counts),
-                "heldout_counts": dict(self.heldout_counts)}
+        return {
+            "classes": list(self.classes),
+            "heldout_accuracy": self.heldout_accuracy,
+            "train_accuracy": self.train_accuracy,
+            "counts": dict(self.counts),
+            "heldout_counts": dict(self.heldout_counts),
+        }
 
 
-def stratified_split(labels: Sequence[str], holdout: float, seed: int = 0,
-                     groups: Sequence[str] | None = None) -> tuple[list[int], list[int]]:
+def stratified_split(
+    labels: Sequence[str], holdout: float, seed: int = 0, groups: Sequence[str] | None = None
+) -> tuple[list[int], list[int]]:
     """Deterministic (train, held-out) row indices: per class, a ``holdout`` fraction of its groups.
 
     ``groups`` (e.g. source image paths) keep every tile of one photo on the same side, so held-out accuracy
@@ -262,31 +282,45 @@ def stratified_split(labels: Sequence[str], holdout: float, seed: int = 0,
     return [i for i, h in enumerate(is_held) if not h], [i for i, h in enumerate(is_held) if h]
 
 
-def fit_linear_classifier(zn: torch.Tensor, labels: Sequence[str | None], holdout: float = 0.2, seed: int = 0,
-                          epochs: int = 100, l2: float = 1e-3, groups: Sequence[str] | None = None
-                          ) -> LinearClassifier:
+def fit_linear_classifier(
+    zn: torch.Tensor,
+    labels: Sequence[str | None],
+    holdout: float = 0.2,
+    seed: int = 0,
+    epochs: int = 100,
+    l2: float = 1e-3,
+    groups: Sequence[str] | None = None,
+) -> LinearClassifier:
     """Fit softmax regression on z-normalised codes zn (N, D) by full-batch L-BFGS; score a held-out split.
 
     Loss = mean cross-entropy + l2/2·‖W‖² (bias free). Rows labelled None or "" are left out. ``epochs`` =
     L-BFGS iterations; ``holdout``/``seed``/``groups``: see :func:`stratified_split`.
     """
     if zn.ndim != 2 or zn.shape[0] != len(labels):
-        raise ValueError(f"zn must be (N, D) with one label per row, got {tuple(zn.shape)} and "
-                         f"{len(labels)} labels")
+        raise ValueError(f"zn must be (N, D) with one label per row, got {tuple(zn.shape)} and {len(labels)} labels")
     rows = [i for i, lab in enumerate(labels) if lab]
     labs = [labels[i] for i in rows]
     classes = sorted(set(labs))
     if len(classes) < 2:
-        raise ValueError(f"a class direction needs labels of at least two classes, found {classes or 'none'} "
-                         "(sub-folder names of the images, or labels_csv=...)")
+        raise ValueError(
+            f"a class direction needs labels of at least two classes, found {classes or 'none'} "
+            "(sub-folder names of the images, or labels_csv=...)"
+        )
     grp = [groups[i] for i in rows] if groups is not None else None
     train, held = stratified_split(labs, holdout, seed, grp)
     x = zn[rows].float().cpu()
     y = torch.tensor([classes.index(lab) for lab in labs])
     weights = torch.zeros(len(classes), x.shape[1], requires_grad=True)
     bias = torch.zeros(len(classes), requires_grad=True)
-    opt = torch.optim.LBFGS([weights, bias], lr=1, max_iter=int(epochs), history_size=20,
-                            tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [weights, bias],
+        lr=1,
+        max_iter=int(epochs),
+        history_size=20,
+        tolerance_grad=1e-7,
+        tolerance_change=1e-10,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         opt.zero_grad()
@@ -296,8 +330,9 @@ def fit_linear_classifier(zn: torch.Tensor, labels: Sequence[str | None], holdou
 
     opt.step(closure)
     counts = dict(sorted(Counter(labs).items()))
-    clf = LinearClassifier(weights.detach(), bias.detach(), classes, None, counts=counts,
-                           heldout_counts=dict.fromkeys(classes, 0))
+    clf = LinearClassifier(
+        weights.detach(), bias.detach(), classes, None, counts=counts, heldout_counts=dict.fromkeys(classes, 0)
+    )
     pred = clf.logits(x).argmax(1)
     clf.train_accuracy = float((pred[train] == y[train]).float().mean())
     if held:
@@ -307,8 +342,7 @@ def fit_linear_classifier(zn: torch.Tensor, labels: Sequence[str | None], holdou
 
 
 # ------------------------------------------------------------------------------------------ manipulation
-def shift_codes(latents: Latents, z: torch.Tensor, direction: torch.Tensor,
-                alphas: Sequence[float]) -> torch.Tensor:
+def shift_codes(latents: Latents, z: torch.Tensor, direction: torch.Tensor, alphas: Sequence[float]) -> torch.Tensor:
     """z (B, D) moved by α·√D·d̂ in z-normalised space, for each α → (B·A, D), image-major.
 
     denormalise(normalise(z) + α√D d̂) = z + α√D σ⊙d̂, computed in this form so that α = 0 returns z exactly.
@@ -319,11 +353,21 @@ def shift_codes(latents: Latents, z: torch.Tensor, direction: torch.Tensor,
 
 
 @torch.no_grad()
-def manipulate(model, latents: Latents, x: torch.Tensor, target_class: str,
-               alphas: Sequence[float] = (-0.3, 0.0, 0.3, 0.6), T: int | None = None, *,
-               classifier: LinearClassifier | None = None, labels_csv: str | Path | None = None,
-               holdout: float = 0.2, seed: int = 0, batch_size: int = 16, progress: bool = False
-               ) -> tuple[torch.Tensor, LinearClassifier]:
+def manipulate(
+    model,
+    latents: Latents,
+    x: torch.Tensor,
+    target_class: str,
+    alphas: Sequence[float] = (-0.3, 0.0, 0.3, 0.6),
+    T: int | None = None,
+    *,
+    classifier: LinearClassifier | None = None,
+    labels_csv: str | Path | None = None,
+    holdout: float = 0.2,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> tuple[torch.Tensor, LinearClassifier]:
     """Move images along a class direction → (images (B·A, 3, S, S) in [0, 1], image-major; the classifier).
 
     x (B, 3, S, S) in [-1, 1]. Unless ``classifier`` is given, one is fitted on the latents file's codes with
@@ -334,13 +378,20 @@ def manipulate(model, latents: Latents, x: torch.Tensor, target_class: str,
     if not alphas:
         raise ValueError("alphas must hold at least one strength")
     if classifier is None:
-        classifier = fit_linear_classifier(latents.normalise(latents.z), code_labels(latents, labels_csv),
-                                           holdout=holdout, seed=seed, groups=latents.paths)
+        classifier = fit_linear_classifier(
+            latents.normalise(latents.z),
+            code_labels(latents, labels_csv),
+            holdout=holdout,
+            seed=seed,
+            groups=latents.paths,
+        )
     direction = classifier.direction(target_class)
     z = model.encode(x)
     if z.shape[1] != latents.dim:
-        raise ValueError(f"the latents file holds {latents.dim}-d codes but this model's z_sem is "
-                         f"{z.shape[1]}-d (made with another autoencoder?)")
+        raise ValueError(
+            f"the latents file holds {latents.dim}-d codes but this model's z_sem is "
+            f"{z.shape[1]}-d (made with another autoencoder?)"
+        )
     x_T = model.encode_stochastic(x, z, T=T, progress=progress)
     codes = shift_codes(latents, z, direction, alphas)
     images = render_batched(model, x_T.repeat_interleave(len(alphas), 0), codes, T, batch_size, progress)

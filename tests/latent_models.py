@@ -32,8 +32,15 @@ def random_diffae(seed: int = 0) -> LitModel:
 
 def save_checkpoint(model: LitModel, path: Path) -> Path:
     """A checkpoint file as ``load_checkpoint_module`` reads it (what Lightning writes, minus the trainer state)."""
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "global_step": 0,
-                CLASS_KEY: "experiment:LitModel"}, path)
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "global_step": 0,
+            CLASS_KEY: "experiment:LitModel",
+        },
+        path,
+    )
     return path
 
 

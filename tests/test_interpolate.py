@@ -52,7 +52,7 @@ def test_slerp_treats_each_sample_separately_and_flattens_it():
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     both = slerp(a, b, torch.tensor([0.3, 0.7]))
     for i, w in enumerate((0.3, 0.7)):
-        torch.testing.assert_close(both[i:i + 1], slerp(a[i:i + 1], b[i:i + 1], w))
+        torch.testing.assert_close(both[i : i + 1], slerp(a[i : i + 1], b[i : i + 1], w))
     # an end of batch size 1 broadcasts against one weight per output
     assert slerp(a[:1], b[:1], torch.linspace(0, 1, 5)).shape == (5, 3, 4, 4)
 
@@ -121,8 +121,10 @@ def tiles(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ends(model, tiles):
-    return (load_image_tensor(tiles["cobbles"][0], model.image_size),
-            load_image_tensor(tiles["layered"][0], model.image_size))
+    return (
+        load_image_tensor(tiles["cobbles"][0], model.image_size),
+        load_image_tensor(tiles["layered"][0], model.image_size),
+    )
 
 
 def _reconstruction(model, x):
@@ -142,8 +144,10 @@ def test_interpolation_ends_are_the_ends_inverted_reconstructions(model, ends):
     torch.testing.assert_close(frames[:1], rec_a, atol=1e-2, rtol=0)
     torch.testing.assert_close(frames[-1:], rec_b, atol=1e-2, rtol=0)
     inner = frames[1:-1]
-    assert all((inner[i] - rec_a[0]).abs().mean() > 0.01 and (inner[i] - rec_b[0]).abs().mean() > 0.01
-               for i in range(len(inner)))
+    assert all(
+        (inner[i] - rec_a[0]).abs().mean() > 0.01 and (inner[i] - rec_b[0]).abs().mean() > 0.01
+        for i in range(len(inner))
+    )
 
 
 def test_interpolation_midpoint_lerps_z_sem_and_slerps_x_T(model, ends):
@@ -173,8 +177,18 @@ def ckpt(model, tmp_path_factory):
 
 
 def test_interpolate_task_writes_strip_and_looping_gif(ckpt, tiles, tmp_path, capsys):
-    cfg = compose_config(["task=interpolate", f"ckpt_path={ckpt}", f"image_a={tiles['cobbles'][0]}",
-                          f"image_b={tiles['granite'][1]}", "frames=4", f"T={T}", "device=cpu"], tmp_path)
+    cfg = compose_config(
+        [
+            "task=interpolate",
+            f"ckpt_path={ckpt}",
+            f"image_a={tiles['cobbles'][0]}",
+            f"image_b={tiles['granite'][1]}",
+            "frames=4",
+            f"T={T}",
+            "device=cpu",
+        ],
+        tmp_path,
+    )
     out = run_task(cfg)
     png, gif = tmp_path / "interpolation.png", tmp_path / "interpolation.gif"
     assert out["png"] == png and out["gif"] == gif
@@ -187,6 +201,16 @@ def test_interpolate_task_writes_strip_and_looping_gif(ckpt, tiles, tmp_path, ca
     assert str(png) in printed and str(gif) in printed
 
 
+def test_interpolate_task_target_size_upscales_strip_and_gif(ckpt, tiles, tmp_path):
+    a, b = tiles["gravel"][0], tiles["fractured"][0]
+    overrides = ["task=interpolate", f"ckpt_path={ckpt}", f"image_a={a}", f"image_b={b}", "frames=2", "T=2"]
+    run_task(compose_config([*overrides, "device=cpu", "target_size=48", "show_inputs=false"], tmp_path))
+    with Image.open(tmp_path / "interpolation.png") as im:
+        assert im.size == (2 * 50 + 2, 52)
+    with Image.open(tmp_path / "interpolation.gif") as im:
+        assert im.size == (48, 48) and im.n_frames == 2
+
+
 def test_interpolate_task_run_name_gets_a_timestamp(tmp_path):
     cfg = compose_config(["task=interpolate"], tmp_path)
     assert cfg.run_name.startswith("interpolate-") and cfg.frames == 8 and cfg.T == 50
@@ -195,8 +219,9 @@ def test_interpolate_task_run_name_gets_a_timestamp(tmp_path):
 def test_interpolate_task_errors_name_the_setting(ckpt, tiles, tmp_path):
     base = ["task=interpolate", f"T={T}", "device=cpu", f"image_b={tiles['cobbles'][0]}"]
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
-        run_task(compose_config([*base, f"ckpt_path={tmp_path / 'none.ckpt'}",
-                                 f"image_a={tiles['cobbles'][0]}"], tmp_path))
+        run_task(
+            compose_config([*base, f"ckpt_path={tmp_path / 'none.ckpt'}", f"image_a={tiles['cobbles'][0]}"], tmp_path)
+        )
     with pytest.raises(ValueError, match="ckpt_path"):
         run_task(compose_config([*base, f"image_a={tiles['cobbles'][0]}"], tmp_path))
     with pytest.raises(FileNotFoundError, match="image_a.*missing.png"):

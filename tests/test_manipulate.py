@@ -111,8 +111,9 @@ def test_labels_come_from_sub_folders_or_a_csv(tmp_path):
     lat = _latents(torch.randn(4, 3), paths, ["siteA", "siteA", "siteB", ""])
     assert code_labels(lat) == ["siteA", "siteA", "siteB", None]  # top level: unlabelled
     csv = tmp_path / "labels.csv"
-    csv.write_text("path,label\nsiteA/x1.png,layered\n/data/tiles/siteB/x1.png,granite\ny.png,layered\n"
-                   "elsewhere.png,gravel\n")
+    csv.write_text(
+        "path,label\nsiteA/x1.png,layered\n/data/tiles/siteB/x1.png,granite\ny.png,layered\nelsewhere.png,gravel\n"
+    )
     assert read_labels_csv(csv)["siteA/x1.png"] == "layered"
     assert code_labels(lat, csv) == ["layered", None, "granite", "layered"]
 
@@ -143,8 +144,7 @@ def test_shift_moves_alpha_sqrt_d_along_the_direction_in_normalised_space():
     assert torch.equal(codes[0], z[0]) and torch.equal(codes[3], z[1])  # α = 0: the code itself, exactly
     step = lat.normalise(codes[1:2]) - lat.normalise(z[:1])
     torch.testing.assert_close(step[0], 0.5 * math.sqrt(16) * d, atol=1e-5, rtol=0)
-    torch.testing.assert_close(lat.normalise(codes[5:6]) - lat.normalise(z[1:2]), -4 * d[None], atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(lat.normalise(codes[5:6]) - lat.normalise(z[1:2]), -4 * d[None], atol=1e-5, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------- on a model
@@ -164,8 +164,15 @@ def latents_file(model, tiles, tmp_path_factory):
     files = [f for fs in tiles.values() for f in fs]
     z = model.encode(torch.cat([load_image_tensor(f, model.image_size) for f in files])).cpu()
     mean, std = latent_stats(z)
-    lat = Latents(z=z, paths=[str(f) for f in files], labels=[f.parent.name for f in files], mean=mean, std=std,
-                  fingerprint=encoder_fingerprint(model.ema_model.encoder), image_size=model.image_size)
+    lat = Latents(
+        z=z,
+        paths=[str(f) for f in files],
+        labels=[f.parent.name for f in files],
+        mean=mean,
+        std=std,
+        fingerprint=encoder_fingerprint(model.ema_model.encoder),
+        image_size=model.image_size,
+    )
     return save_latents(tmp_path_factory.mktemp("latents") / "latents.pt", lat)[0], lat
 
 
@@ -188,8 +195,14 @@ def test_manipulate_rejects_unknown_class_before_rendering(model, tiles, latents
     x = load_image_tensor(tiles["gravel"][0], 32)
     with pytest.raises(ValueError, match="'basalt'.*cobbles"):
         manipulate(model, lat, x, "basalt", T=T)
-    one_class = Latents(z=lat.z, paths=lat.paths, labels=["gravel"] * len(lat.paths), mean=lat.mean, std=lat.std,
-                        fingerprint=lat.fingerprint)
+    one_class = Latents(
+        z=lat.z,
+        paths=lat.paths,
+        labels=["gravel"] * len(lat.paths),
+        mean=lat.mean,
+        std=lat.std,
+        fingerprint=lat.fingerprint,
+    )
     with pytest.raises(ValueError, match="at least two classes"):
         manipulate(model, one_class, x, "gravel", T=T)
 
@@ -201,14 +214,22 @@ def ckpt(model, tmp_path_factory):
 
 
 def _task(ckpt, latents_path, image, *extra):
-    return ["task=manipulate", f"ckpt_path={ckpt}", f"latents_path={latents_path}", f"image={image}",
-            f"T={T}", "device=cpu", *extra]
+    return [
+        "task=manipulate",
+        f"ckpt_path={ckpt}",
+        f"latents_path={latents_path}",
+        f"image={image}",
+        f"T={T}",
+        "device=cpu",
+        *extra,
+    ]
 
 
 def test_manipulate_task_writes_strip_and_classifier_report(ckpt, latents_file, tiles, tmp_path, capsys):
     path, _ = latents_file
-    cfg = compose_config(_task(ckpt, path, tiles["cobbles"][1], "target_class=layered", "alphas=[-0.3,0,0.3]",
-                               "holdout=0.34"), tmp_path)
+    cfg = compose_config(
+        _task(ckpt, path, tiles["cobbles"][1], "target_class=layered", "alphas=[-0.3,0,0.3]", "holdout=0.34"), tmp_path
+    )
     run_task(cfg)
     with Image.open(tmp_path / "manipulation_layered.png") as im:
         assert im.size == (4 * 34 + 2, 36)  # input | 3 alphas

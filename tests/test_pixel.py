@@ -78,3 +78,17 @@ def test_train_task_writes_sample_grid_and_a_loadable_checkpoint(tmp_path):
     model = load_checkpoint_module(tmp_path / "checkpoints" / "last.ckpt")
     assert isinstance(model, PixelDiffusion)
     assert model.sample(2, "cpu", T=2, seed=0).shape == (2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("res", [64, 128, 256, 512])
+def test_pixel_presets_are_the_autoencoder_decoders_without_z_sem(res, tmp_path):
+    import templates
+
+    p = templates.presets()
+    unet, decoder = p[f"rock{res}_pixel"]["model"]["unet"], p[f"rock{res}"]["model"]["unet"]
+    assert unet["cond_channels"] is None
+    assert {k: v for k, v in unet.items() if k != "cond_channels"} == {
+        k: v for k, v in decoder.items() if k != "cond_channels"
+    }
+    cfg = compose_config([f"template=rock{res}_pixel"], tmp_path)
+    assert cfg.model._target_ == "rockgen.lit.pixel.PixelDiffusion" and cfg.data.image_size == res

@@ -92,7 +92,7 @@ def test_gaussian_sampler_matches_the_fitted_moments():
     stats = vae.fit_latent_gaussian(latents)
     np.testing.assert_allclose(stats["mean"], latents.mean(0).numpy(), atol=1e-12)
     np.testing.assert_allclose(stats["cov"], np.cov(latents.numpy(), rowvar=False), atol=1e-10)
-    z = vae.sample_latents(40_000, "cpu", seed=0)
+    z = vae.sample_latents(40_000, "cpu", seed=0).double()
     cov = torch.from_numpy(stats["cov"])
     scale = cov.diagonal().sqrt()
     assert torch.allclose(z.mean(0), torch.from_numpy(stats["mean"]), atol=float(4 * scale.max() / 200))
@@ -207,3 +207,17 @@ def test_tasks_name_a_missing_or_foreign_checkpoint(tmp_path):
     torch.save(ckpt, tmp_path / "pixel.ckpt")
     with pytest.raises(CheckpointError, match="needs a LitVAE"):
         extract_latents(compose_config(["task=vae_latents", f"ckpt_path={tmp_path / 'pixel.ckpt'}"], tmp_path))
+
+
+@pytest.mark.parametrize("res, millions", [(64, 24.57), (128, 55.00), (256, 182.12), (512, 183.30)])
+def test_presets_build_the_documented_networks(res, millions, tmp_path):
+    import templates
+    from rockgen.config import parse
+
+    node = templates.presets()[f"rock{res}_vae"]
+    with torch.device("meta"):  # sizes only: no memory, no initialisation cost
+        net = ViTAutoencoder(parse(ViTAEConfig, node["model"]["net"], "net"))
+    assert round(sum(p.numel() for p in net.parameters()) / 1e6, 2) == millions
+    assert node["data"]["image_size"] == res and node["model"]["_target_"] == "rockgen.lit.vae.LitVAE"
+    cfg = compose_config([f"template=rock{res}_vae", "model.beta=0"], tmp_path)
+    assert cfg.model.beta == 0 and cfg.model.net.image_size == cfg.data.image_size == res

@@ -5,7 +5,9 @@ are ``{"img": (B, 3, S, S) float32 in [-1, 1], "index": (B,) int64, "source": (B
 
 * ``batch_size`` is the GLOBAL batch: ``setup`` divides it by the trainer's world size (each DDP rank loads
   ``batch_size // world_size``); Lightning's distributed sampler shards the data across ranks.
-* Train: random crops (or grid tiles) of the training files, shuffled, augmented, ``drop_last``.
+* Train: random crops (or grid tiles) of the training files, shuffled, augmented, ``drop_last``. The order,
+  crops and flips are a pure function of (seed, epoch, index) and the loader's position is saved in
+  checkpoints (``rockgen.data.sampler``), so a run resumed mid-epoch sees the batches it would have seen.
 * Val: grid tiles of the held-out files (split by source file, see ``split_files``), no augmentation, at most
   ``val_max_items`` evenly spaced tiles: the same tiles every epoch.
 * Predict: ALL files in ``files`` order, no augmentation, grid tiles (``crop="grid"``) or one centre crop per
@@ -21,6 +23,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from rockgen.data.demo import write_demo_dataset
 from rockgen.data.images import find_images
+from rockgen.data.sampler import EpochSampler, ResumableLoader
 from rockgen.data.tiles import (
     TileDataset,
     normalize_augment,
@@ -63,6 +67,7 @@ class TileDataModule(pl.LightningDataModule):
             tiles do not leak across the split; ``None``/0 = per file.
         extensions: file extensions to accept (default png, jpg, jpeg, tif, tiff, webp).
         strict: raise on an unreadable file instead of skipping it with one warning.
+        shuffle_seed: seed of the training order and augmentation; ``None`` = the run's ``seed``.
         rescale: 16-bit/float grey input range: "full" (type range), "minmax" (per image) or [lo, hi].
         background: RGB that transparent pixels are composited onto (black: the nodata convention).
     """
@@ -88,6 +93,7 @@ class TileDataModule(pl.LightningDataModule):
         strict: bool = False,
         split_seed: int = 0,
         persistent_workers: bool = True,
+        shuffle_seed: int | None = None,
         pin_memory: bool = True,
         rescale: str | Sequence[float] = "full",
         background: Sequence[int] = (0, 0, 0),
@@ -118,6 +124,7 @@ class TileDataModule(pl.LightningDataModule):
         self.extensions = None if extensions is None else [str(e) for e in extensions]
         self.strict = bool(strict)
         self.split_seed = int(split_seed)
+        self.shuffle_seed = shuffle_seed
         self.persistent_workers = bool(persistent_workers)
         self.pin_memory = bool(pin_memory)
         self.rescale = rescale if isinstance(rescale, str) else tuple(float(v) for v in rescale)
@@ -224,13 +231,16 @@ class TileDataModule(pl.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _loader(
+        self, dataset, batch_size: int, shuffle: bool, drop_last: bool, sampler=None, cls=DataLoader
+    ) -> DataLoader:
         trainer = getattr(self, "trainer", None)
         on_cuda = trainer is not None and getattr(trainer.strategy.root_device, "type", "cpu") == "cuda"
-        return DataLoader(
+        return cls(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.persistent_workers and self.num_workers > 0,
@@ -240,12 +250,26 @@ class TileDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
             self.setup("fit")
-        if len(self.train_set) < self.per_rank_batch_size:
+        world = self._world_size()
+        if len(self.train_set) < self.per_rank_batch_size * world:
             raise ValueError(
-                f"only {len(self.train_set)} training tiles but a per-rank batch of "
-                f"{self.per_rank_batch_size} with drop_last: lower data.batch_size or add data"
+                f"only {len(self.train_set)} training tiles but a global batch of "
+                f"{self.per_rank_batch_size * world} with drop_last: lower data.batch_size or add data"
             )
-        return self._loader(self.train_set, self.per_rank_batch_size, shuffle=True, drop_last=True)
+        trainer = getattr(self, "trainer", None)
+        rank = int(trainer.global_rank) if trainer is not None else 0
+        seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, seed=seed)
+        loader = self._loader(
+            self.train_set, self.per_rank_batch_size, False, True, sampler=sampler, cls=ResumableLoader
+        )
+        loader.consumed_batches = self._consumed_train_batches
+        return loader
+
+    def _consumed_train_batches(self) -> int:
+        """Batches of the current epoch the training loop has processed on this rank (saved in checkpoints)."""
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def val_dataloader(self):
         if self.train_set is None:

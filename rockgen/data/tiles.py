@@ -14,7 +14,9 @@ one ground sampling distance; rescaling would change the apparent grain size). T
 
 Images with a side shorter than ``S`` are resized (shorter side to ``S``, Lanczos) and centre-cropped: one
 item in every mode. Augmentations (random flips and 90-degree rotations: nadir tiles have no "up") are drawn
-from torch's RNG, which DataLoader seeds per worker, so ``seed_everything`` makes runs repeatable.
+from torch's RNG, which DataLoader seeds per worker, so ``seed_everything`` makes runs repeatable; training
+indexes items with ``(index, seed)`` (``rockgen.data.sampler.EpochSampler``), which draws them from that seed
+alone, so a resumed run crops and flips exactly as an uninterrupted one.
 
 Unreadable files never crash an epoch: they are found up front (Pillow ``verify()``) and skipped with ONE
 :class:`CorruptImageWarning` listing them, or raise with ``strict=True``. A file that passes the check but
@@ -269,35 +271,40 @@ class TileDataset(Dataset):
                 )
         raise ImageReadError(self.files[source], "no readable file left in the dataset to substitute")
 
-    def _window(self, img: np.ndarray, k: int) -> np.ndarray:
+    def _window(self, img: np.ndarray, k: int, gen: torch.Generator | None = None) -> np.ndarray:
         s = self.image_size
         h, w = img.shape[:2]
         if h == s and w == s:
             return img
         if self.mode == "random_crop":
-            top = int(torch.randint(0, h - s + 1, ()).item())
-            left = int(torch.randint(0, w - s + 1, ()).item())
+            top = int(torch.randint(0, h - s + 1, (), generator=gen).item())
+            left = int(torch.randint(0, w - s + 1, (), generator=gen).item())
         elif self.mode == "grid":
             top, left = self._grid_window(h, w, k)
         else:
             top, left = center_window(h, w, s)
         return img[top : top + s, left : left + s]
 
-    def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        if self.augment["hflip"] and torch.rand(()) < 0.5:
+    def _augment(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        if self.augment["hflip"] and torch.rand((), generator=gen) < 0.5:
             x = x.flip(-1)
-        if self.augment["vflip"] and torch.rand(()) < 0.5:
+        if self.augment["vflip"] and torch.rand((), generator=gen) < 0.5:
             x = x.flip(-2)
         if self.augment["rot90"]:
-            k = int(torch.randint(0, 4, ()).item())
+            k = int(torch.randint(0, 4, (), generator=gen).item())
             if k:
                 x = torch.rot90(x, k, dims=(-2, -1))
         return x.contiguous()
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int | tuple[int, int]) -> dict:
+        """``index``, or ``(index, seed)`` (``EpochSampler``): the crop and flips then come from that seed alone."""
+        gen = None
+        if isinstance(index, tuple):
+            index, seed = index
+            gen = torch.Generator().manual_seed(int(seed))
         source, k = self.locate(int(index))
         used, img = self._decode_or_substitute(source)
-        x = self._augment(to_model_range(self._window(img, k)))
+        x = self._augment(to_model_range(self._window(img, k, gen)), gen)
         return {"img": x, "index": int(index), "source": used}
 
 

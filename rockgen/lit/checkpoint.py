@@ -1,18 +1,25 @@
-"""Loading rockgen checkpoints safely: ``weights_only=True`` by default, the module class read from the file.
+"""Reading and writing rockgen checkpoints safely: ``weights_only=True`` loading, atomic writes.
 
 A checkpoint written by rockgen holds only tensors and plain containers, so it loads with
 ``torch.load(weights_only=True)``, which refuses pickled code. Checkpoints from elsewhere (or older
-Lightning versions) that need arbitrary unpickling must be opted in with ``trusted=True`` — only for files
-whose origin you trust: unpickling can run code.
+Lightning versions) that need arbitrary unpickling must be opted in with ``trusted=True`` (CLI:
+``trusted_checkpoint=true``) — only for files whose origin you trust: unpickling can run code.
+
+``SafeCheckpointIO`` is the Trainer's checkpoint plugin (``build_trainer`` installs it): every checkpoint the
+Trainer writes (periodic, ``last.ckpt``, pre-emption) goes to ``<name>.tmp``, is fsynced and renamed over the
+target, so a crash or ``kill -9`` mid-write leaves the previous file intact; every checkpoint it reads
+(``fit(ckpt_path=...)``, resume) goes through :func:`read_checkpoint`.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from rockgen.lit.common import CLASS_KEY
 
@@ -35,9 +42,53 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool =
             raise CheckpointError(
                 f"{path} contains pickled Python objects beyond tensors and plain containers, which "
                 "weights_only loading refuses (unpickling can run code). If you trust its origin, load it "
-                "with trusted=True (CLI: +trusted_checkpoint=true)."
+                "with trusted=True (CLI: trusted_checkpoint=true)."
             ) from err
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def _is_local(path: str | os.PathLike) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to ``<path>.tmp`` in the same folder, fsync, then rename over ``path`` (atomic on POSIX)."""
+    path = Path(str(path).removeprefix("file://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable (a power loss right after must not bring back the old name)
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint plugin: atomic local writes and ``weights_only`` reads with clear errors.
+
+    ``Trainer.fit(ckpt_path=..., weights_only=False)`` is the only way to unpickle arbitrary objects (a trusted
+    legacy file); ``None`` (Lightning's default) and ``True`` load tensors and plain containers only.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # fsspec transaction
+        save_atomic(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location, weights_only=weights_only is not False)
+        return read_checkpoint(str(path).removeprefix("file://"), map_location or "cpu", trusted=weights_only is False)
 
 
 def module_class(checkpoint: dict[str, Any]) -> type:

@@ -153,7 +153,7 @@ class LitVAE(RockgenModule):
         warn_unused("LitVAE", unused)
         if latent_stats is not None:
             self.load_latent_gaussian(latent_stats)
-        return self.decode(self.sample_latents(N, device, seed, method, temperature).float())
+        return self.decode(self.sample_latents(N, device, seed, method, temperature))
 
     @torch.no_grad()
     def sample_latents(
@@ -164,17 +164,18 @@ class LitVAE(RockgenModule):
         method: str = "gaussian",
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """z (N, latent_dim) float64: N(m, C) of the training latents (``gaussian``) or N(0, I) (``prior``).
+        """z (N, latent_dim) float32 on ``device``: N(m, C) of the training latents (``gaussian``) or N(0, I).
 
-        ``temperature`` scales the spread around the mean: z = m + t·L·ε with L·Lᵀ = C.
+        ``temperature`` scales the spread around the mean: z = m + t·L·ε with L·Lᵀ = C. Drawn in float64 on
+        the CPU, so a seed gives the same latents on every device (and MPS, which has no float64, works).
         """
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the VAE; choose one of {METHODS}")
         device = torch.device(device or self.device)
-        gen = seeded_generator(seed, device)
-        eps = torch.randn((N, self.latent_mean.shape[0]), generator=gen, device=device, dtype=torch.float64)
+        gen = seeded_generator(seed, "cpu")
+        eps = torch.randn((N, self.latent_mean.shape[0]), generator=gen, dtype=torch.float64)
         if method == "prior":
-            return eps * temperature
+            return (eps * temperature).float().to(device)
         if not self.latent_gaussian_fitted:
             raise RuntimeError(
                 "method=gaussian needs the mean and covariance of the training latents, which this model "
@@ -182,7 +183,8 @@ class LitVAE(RockgenModule):
                 "use the vae_gaussian.ckpt it writes (or pass latent_stats=<latent_gaussian.npz>), or "
                 "sample the N(0, I) prior with method=prior"
             )
-        return self.latent_mean.to(device) + temperature * eps @ self._cov_factor().to(device).T
+        z = self.latent_mean.cpu() + temperature * eps @ self._cov_factor().T
+        return z.float().to(device)
 
     # ---------------------------------------------------------------- the Gaussian of the training latents
     @property

@@ -9,7 +9,10 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
+
+CLUSTERS = ("auto", "slurm", "torchelastic", "lightning")
 
 
 def build_loggers(cfg: DictConfig | None) -> list[Any]:
@@ -38,30 +41,120 @@ def build_callbacks(cfg: DictConfig | None, only: tuple[str, ...] | None = None)
     ]
 
 
+def build_cluster_environment(name: str) -> Any:
+    """``strategy.cluster`` → a Lightning ClusterEnvironment, or None to let Lightning detect one.
+
+    SLURM jobs get ``SLURMEnvironment(auto_requeue=False)`` in both cases: requeueing is done by
+    ``rockgen.callbacks.Preemption`` at a step boundary, not inside a signal handler.
+    """
+    from lightning_fabric.plugins.environments import (
+        LightningEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if name not in CLUSTERS:
+        raise ValueError(f"unknown strategy.cluster {name!r}; choose one of {CLUSTERS}")
+    if name == "lightning":
+        return LightningEnvironment()
+    if name == "torchelastic":
+        if not TorchElasticEnvironment.detect():
+            raise ValueError(
+                "strategy.cluster=torchelastic but this process was not started by torchrun "
+                "(RANK/LOCAL_RANK/WORLD_SIZE unset): launch with scripts/train_torchrun.sh"
+            )
+        return TorchElasticEnvironment()
+    if name == "slurm" and not SLURMEnvironment.detect():
+        raise ValueError(
+            "strategy.cluster=slurm but this is not a SLURM job step (SLURM_NTASKS unset, or an interactive "
+            "job): submit with `sbatch scripts/train_slurm.sh ...` (each rank started by srun)"
+        )
+    if name == "slurm":
+        return SLURMEnvironment(auto_requeue=False)
+    if TorchElasticEnvironment.detect():  # torchrun inside a SLURM allocation: torchrun's ranks, not SLURM's
+        return TorchElasticEnvironment()
+    if SLURMEnvironment.detect():
+        return SLURMEnvironment(auto_requeue=False)
+    return None
+
+
 def build_strategy(cfg: DictConfig | None) -> Any:
-    """``strategy`` group → "auto" or a DDPStrategy (gloo on CPU, nccl on GPU unless set)."""
-    if cfg is None or cfg.get("name", "auto") == "auto":
+    """``strategy`` group → "auto" (one process) or a DDPStrategy (gloo on CPU, nccl on GPU unless set)."""
+    if cfg is None or cfg.get("name", "auto") in ("auto", "single"):
         return "auto"
     from pytorch_lightning.strategies import DDPStrategy
 
     name = cfg.name
     if name not in ("ddp", "ddp_spawn"):
-        raise ValueError(f"unknown strategy.name {name!r}; choose auto, ddp or ddp_spawn")
+        raise ValueError(f"unknown strategy.name {name!r}; choose single, ddp or ddp_spawn")
     return DDPStrategy(
         start_method="spawn" if name == "ddp_spawn" else "popen",
+        cluster_environment=build_cluster_environment(cfg.get("cluster", "auto")),
         process_group_backend=cfg.get("process_group_backend"),
         find_unused_parameters=bool(cfg.get("find_unused_parameters", False)),
         timeout=timedelta(seconds=int(cfg.get("timeout_s", 1800))),
     )
 
 
+def _resolved_accelerator(accelerator: Any) -> str:
+    acc = str(accelerator or "auto").lower()
+    if acc != "auto":
+        return "gpu" if acc == "cuda" else acc
+    if torch.cuda.is_available():
+        return "gpu"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def check_precision(precision: Any, accelerator: Any) -> None:
+    """Refuse a precision the device cannot run (Lightning would silently switch 16-mixed to bf16 on CPU)."""
+    p, acc = str(precision), _resolved_accelerator(accelerator)
+    if p in ("16-mixed", "16") and acc == "cpu":
+        raise ValueError(
+            f"trainer.precision={p} (fp16 autocast with loss scaling) needs a GPU; this run is on the CPU. "
+            "Use trainer.precision=bf16-mixed (fast on CPUs with native bf16) or 32-true."
+        )
+    if p in ("bf16-mixed", "bf16", "bf16-true") and acc == "gpu" and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported():
+            raise ValueError(
+                f"trainer.precision={p}: {torch.cuda.get_device_name()} has no bf16 support (bf16 needs "
+                "Ampere or newer): use trainer.precision=16-mixed or 32-true"
+            )
+
+
+def _check_single_device(strategy_cfg: DictConfig | None, trainer_cfg: DictConfig) -> None:
+    if strategy_cfg is not None and strategy_cfg.get("name", "auto") not in ("auto", "single"):
+        return
+    devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1))
+    many = (isinstance(devices, int) and devices > 1) or (
+        OmegaConf.is_list(devices) and len(devices) > 1
+    )
+    if many or nodes > 1:
+        raise ValueError(
+            f"strategy=single runs one process on one device, but trainer.devices={devices} and "
+            f"trainer.num_nodes={nodes}: use strategy=ddp (e.g. scripts/train.sh N ...) for several devices"
+        )
+
+
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Trainer:
-    """The Trainer of the ``trainer`` group with callbacks, loggers and strategy, rooted at the run dir."""
+    """The Trainer of the ``trainer`` group with callbacks, loggers and strategy, rooted at the run dir.
+
+    Checkpoints are written and read by ``SafeCheckpointIO`` (atomic writes, ``weights_only`` reads).
+    """
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from rockgen.lit.checkpoint import SafeCheckpointIO
+
+    check_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    _check_single_device(cfg.get("strategy"), cfg.trainer)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     kwargs = dict(
-        callbacks=build_callbacks(cfg.get("callbacks")),
+        callbacks=callbacks,
         logger=build_loggers(cfg.get("logger")),
         strategy=build_strategy(cfg.get("strategy")),
         default_root_dir=str(run_dir),
+        plugins=[SafeCheckpointIO()],
     )
     kwargs.update(overrides)
     return hydra.utils.instantiate(cfg.trainer, **kwargs)

@@ -32,39 +32,72 @@ def manipulate_task(cfg: DictConfig) -> dict[str, Any]:
     """Fit the classifier, report it, render the image at each α; write the strip and ``classifier.json``."""
     run_dir = Path(cfg.paths.run_dir)
     if not cfg.latents_path:
-        raise ValueError("latents_path: give the latents file of this autoencoder (python run.py "
-                         "task=infer_latents ckpt_path=...)")
+        raise ValueError(
+            "latents_path: give the latents file of this autoencoder (python run.py task=infer_latents ckpt_path=...)"
+        )
     if not Path(cfg.latents_path).expanduser().is_file():
         raise FileNotFoundError(f"latents_path: latents file not found: {cfg.latents_path}")
     model = load_autoencoder(cfg, "manipulate")
-    latents = load_latents(Path(cfg.latents_path).expanduser(),
-                           expect_fingerprint=encoder_fingerprint(model.ema_model.encoder))
+    latents = load_latents(
+        Path(cfg.latents_path).expanduser(), expect_fingerprint=encoder_fingerprint(model.ema_model.encoder)
+    )
     x = setting_image(cfg, "image", model.image_size)
     if not cfg.alphas:
         raise ValueError("alphas: give at least one strength, e.g. 'alphas=[-0.3,0,0.3,0.6]'")
     alphas = [float(a) for a in cfg.alphas]
 
     labels = code_labels(latents, cfg.labels_csv)
-    clf = fit_linear_classifier(latents.normalise(latents.z), labels, holdout=float(cfg.holdout),
-                                seed=int(cfg.seed), epochs=int(cfg.classifier_iters), l2=float(cfg.l2),
-                                groups=latents.paths)
+    clf = fit_linear_classifier(
+        latents.normalise(latents.z),
+        labels,
+        holdout=float(cfg.holdout),
+        seed=int(cfg.seed),
+        epochs=int(cfg.classifier_iters),
+        l2=float(cfg.l2),
+        groups=latents.paths,
+    )
     acc = "n/a (nothing held out)" if clf.heldout_accuracy is None else f"{clf.heldout_accuracy:.3f}"
-    print(f"Classifier on {sum(clf.counts.values())} codes, classes {clf.classes}: held-out accuracy {acc} "
-          f"({sum(clf.heldout_counts.values())} held-out codes; train accuracy {clf.train_accuracy:.3f})",
-          flush=True)
-    report = {**clf.summary(), "target_class": cfg.target_class, "alphas": alphas,
-              "step": "z_norm' = z_norm + alpha * sqrt(D) * unit(w_target - mean_k w_k)", "D": latents.dim,
-              "labels": str(cfg.labels_csv) if cfg.labels_csv else "sub-folder names",
-              "unlabelled_codes": sum(lab is None for lab in labels), "latents_path": str(cfg.latents_path),
-              "ckpt_path": str(cfg.ckpt_path), "holdout": float(cfg.holdout), "seed": int(cfg.seed)}
+    print(
+        f"Classifier on {sum(clf.counts.values())} codes, classes {clf.classes}: held-out accuracy {acc} "
+        f"({sum(clf.heldout_counts.values())} held-out codes; train accuracy {clf.train_accuracy:.3f})",
+        flush=True,
+    )
+    report = {
+        **clf.summary(),
+        "target_class": cfg.target_class,
+        "alphas": alphas,
+        "step": "z_norm' = z_norm + alpha * sqrt(D) * unit(w_target - mean_k w_k)",
+        "D": latents.dim,
+        "labels": str(cfg.labels_csv) if cfg.labels_csv else "sub-folder names",
+        "unlabelled_codes": sum(lab is None for lab in labels),
+        "latents_path": str(cfg.latents_path),
+        "ckpt_path": str(cfg.ckpt_path),
+        "holdout": float(cfg.holdout),
+        "seed": int(cfg.seed),
+    }
     write_json(run_dir / "classifier.json", report)
     if not cfg.target_class:
         raise ValueError(f"target_class: choose the class to move towards, one of {clf.classes}")
 
-    images, _ = manipulate(model, latents, x, str(cfg.target_class), alphas, T=cfg.T, classifier=clf,
-                           batch_size=int(cfg.batch_size), progress=True)
-    png = save_strip(images, run_dir / f"manipulation_{_file_part(str(cfg.target_class))}.png",
-                     first=(x + 1) / 2 if cfg.show_input else None)
-    print(f"Manipulation strip ({len(alphas)} alphas {alphas}): {png}\nClassifier report: "
-          f"{run_dir / 'classifier.json'}", flush=True)
+    images, _ = manipulate(
+        model,
+        latents,
+        x,
+        str(cfg.target_class),
+        alphas,
+        T=cfg.T,
+        classifier=clf,
+        batch_size=int(cfg.batch_size),
+        progress=True,
+    )
+    png = save_strip(
+        images,
+        run_dir / f"manipulation_{_file_part(str(cfg.target_class))}.png",
+        first=(x + 1) / 2 if cfg.show_input else None,
+        size=cfg.target_size,
+    )
+    print(
+        f"Manipulation strip ({len(alphas)} alphas {alphas}): {png}\nClassifier report: {run_dir / 'classifier.json'}",
+        flush=True,
+    )
     return {"run_dir": run_dir, "png": png, "images": images, "classifier": clf}

@@ -1,4 +1,8 @@
-"""``task=train``: fit the module the template describes, resuming when the run has a last checkpoint."""
+"""``task=train``: fit the module the template describes, resuming when the run has a last checkpoint.
+
+Resuming loads the checkpoint with ``weights_only=True`` (tensors and plain containers only); a legacy file that
+needs unpickling is refused with a clear error unless ``trusted_checkpoint=true`` is given.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 
 from rockgen.tasks import write_json
 from rockgen.tasks.build import build_trainer
@@ -44,7 +49,7 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then write ``metrics.json`` (last logged values) into the run directory."""
+    """Fit, then write ``metrics.json`` (last logged values, rank 0) into the run directory."""
     pl.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.paths.run_dir)
     ckpt = resolve_resume(cfg, run_dir)
@@ -52,9 +57,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     trainer = build_trainer(cfg, run_dir)
     if ckpt:
-        print(f"Resuming from {ckpt}", flush=True)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        _print(f"Resuming from {ckpt}")
+    trusted = bool(cfg.get("trusted_checkpoint", False))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=not trusted)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = trainer.global_step
+    metrics["world_size"] = trainer.world_size
+    # every optimizer step consumes one global batch per accumulated micro-batch
+    metrics["samples_seen"] = trainer.global_step * trainer.accumulate_grad_batches * int(cfg.data.batch_size)
     write_json(run_dir / "metrics.json", metrics)
     return {"metrics": metrics, "trainer": trainer, "model": model, "run_dir": run_dir}
+
+
+@rank_zero_only
+def _print(message: str) -> None:
+    print(message, flush=True)
