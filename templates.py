@@ -200,9 +200,9 @@ def demo_preset() -> dict[str, Any]:
         model,
         image_size=32,
         batch_size=32,
-        max_steps=600,
-        val_every=300,
-        ckpt_every=300,
+        max_steps=500,  # ≈ 0.65 s/step on 2 CPU cores: about 6 minutes with validation and start-up
+        val_every=250,
+        ckpt_every=250,
         val_batches=1,
     )
 

@@ -27,6 +27,51 @@ def _downsample(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, kernel_size=2, stride=2)
 
 
+def _phase_taps(w: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest ×2 then 3 taps along ``dim`` = per output phase 2 taps at the low resolution.
+
+    Even outputs 2i see the upsampled rows (2i-1, 2i, 2i+1) = low-res rows (i-1, i, i): taps (w0 | w1 + w2);
+    odd outputs see (i, i, i+1): taps (w0 + w1 | w2).
+    """
+    w0, w1, w2 = w.unbind(dim)
+    return torch.stack([w0, w1 + w2], dim), torch.stack([w0 + w1, w2], dim)
+
+
+def upsample_conv3x3(h: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """conv(nearest×2(h)) for a 3×3, stride-1, padding-1 conv, computed at h's resolution (sub-pixel form).
+
+    h (B, C_in, H, W) -> (B, C_out, 2H, 2W). Each of the 4 output phases is a 2×2 conv of h with summed taps
+    (16 instead of 36 multiply-adds per output pixel and no 4×-size upsampled input to build or keep for
+    backward); equal to the direct form up to float rounding of the tap sums.
+    """
+    b, _, height, width = h.shape
+    # Tap sums in the weight's dtype with plain adds (no matmul, so autocast cannot round them to bf16).
+    weight = [_phase_taps(rows, 3) for rows in _phase_taps(conv.weight, 2)]  # [phase_y][phase_x] (O, I, 2, 2)
+    padded = F.pad(h, (1, 1, 1, 1))
+
+    def phase(a: int, c: int) -> torch.Tensor:  # output pixels (2i + a, 2j + c): (B, C_out, H, W)
+        return F.conv2d(padded[:, :, a : a + height + 1, c : c + width + 1], weight[a][c], conv.bias)
+
+    # Interleave the phases with two stacks in the memory order of h, so channels_last stays channels_last.
+    if h.is_contiguous(memory_format=torch.channels_last) and not h.is_contiguous():
+        rows = [torch.stack([phase(a, c).permute(0, 2, 3, 1) for c in (0, 1)], dim=3) for a in (0, 1)]
+        return torch.stack(rows, dim=2).reshape(b, 2 * height, 2 * width, -1).permute(0, 3, 1, 2)
+    rows = [torch.stack([phase(a, c) for c in (0, 1)], dim=-1) for a in (0, 1)]  # (B, C, H, W, 2)
+    return torch.stack(rows, dim=3).reshape(b, -1, 2 * height, 2 * width)  # (B, C, H, 2, W, 2) -> 2H, 2W
+
+
+def _recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
+    """fn(*args); under autograd keep only args and recompute fn in backward.
+
+    Used for the memory-bound GroupNorm → (AdaGN) → SiLU chains: saving their intermediate outputs would cost
+    2–3 full-size activations per ResBlock (about half of the training activation memory), recomputing them
+    costs a few percent of a training step. The results are bit-identical (the chains hold no randomness).
+    """
+    if torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+    return fn(*args)
+
+
 class ResBlock(nn.Module):
     """Residual block: AdaGN on time (+ z_sem) when conditioned, else the official single-conv encoder block.
 
@@ -59,7 +104,7 @@ class ResBlock(nn.Module):
             raise ValueError(
                 "ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)"
             )
-        self.resample = _upsample if up else _downsample if down else None
+        self.up, self.down = up, down
         self.dropout = dropout
         self.in_layers = nn.Sequential(
             GroupNorm32(in_channels), nn.SiLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -80,21 +125,49 @@ class ResBlock(nn.Module):
             nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
         )
 
+    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        """SiLU(GN(x)), average-pooled in a down block: the input of the first conv."""
+        h = F.silu(self.in_layers[0](x), inplace=not torch.is_grad_enabled())
+        return _downsample(h) if self.down else h
+
+    def _conv_in(self, h: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+        """The first conv of h = SiLU(GN(x)), at the output resolution (up blocks upsample h first)."""
+        conv = self.in_layers[2]
+        if dropout > 0:
+            return conv(F.dropout(_upsample(h) if self.up else h, dropout, self.training))
+        return upsample_conv3x3(h, conv) if self.up else conv(h)
+
+    def _adagn_act(self, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """SiLU(scale · GN(h) + shift) with (B, C, 1, 1) scale and shift."""
+        return F.silu(torch.addcmul(shift, self.out_layers[0](h), scale), inplace=not torch.is_grad_enabled())
+
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.dropout == 0:
+            return h
+        # native_dropout draws the same mask as F.dropout but keeps a 1-byte bool mask for backward where
+        # F.dropout on CPU keeps a float32 copy of the scaled mask.
+        return torch.native_dropout(h, self.dropout, True)[0]
+
+    def _residual(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        """skip + branch, in place in the branch (a fresh conv output that backward does not need)."""
+        if branch.dtype == torch.promote_types(branch.dtype, skip.dtype) and branch.shape == skip.shape:
+            return branch.add_(skip)
+        return skip + branch
+
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """x (B, C_in, H, W), emb (B, emb_channels), cond (B, cond_channels) -> (B, C_out, H', W')."""
-        norm, act, conv = self.in_layers
-        h = act(norm(x))
-        if self.resample is not None:
-            h = self.resample(h)
-            x = self.resample(x)
+        h = _recompute_in_backward(self._norm_act, x)
+        if self.up:
+            x = _upsample(x)
+        elif self.down:
+            x = _downsample(x)
         if self.out_layers is None:
-            if self.dropout > 0:  # not in the official encoder; 0.0 reproduces it
-                h = F.dropout(h, self.dropout, self.training)
-            return self.skip_connection(x) + conv(h)
+            # Dropout is not in the official encoder; 0.0 (the default) reproduces it.
+            return self._residual(self.skip_connection(x), self._conv_in(h, self.dropout))
 
-        h = conv(h)
+        h = self._conv_in(h)
         if emb is None:
             raise ValueError("ResBlock: this block is time-conditioned and needs emb")
         # (B, 2C) -> (B, 2C, 1, 1): broadcasting over H, W keeps channels_last tensors channels_last.
@@ -107,9 +180,8 @@ class ResBlock(nn.Module):
             # Fold (1+z_s) into the (B, C, 1, 1) affine: one full-size multiply-add instead of three.
             scale = scale * z_scale
             shift = shift * z_scale
-        norm, act, drop, conv = self.out_layers
-        h = torch.addcmul(shift, norm(h), scale)
-        return self.skip_connection(x) + conv(drop(act(h)))
+        h = self._dropout(_recompute_in_backward(self._adagn_act, h, scale, shift))
+        return self._residual(self.skip_connection(x), self.out_layers[3](h))
 
 
 class AttentionBlock(nn.Module):

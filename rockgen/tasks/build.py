@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Traine
     from rockgen.lit.checkpoint import SafeCheckpointIO
 
     check_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
+    # rockgen's epoch-level validation scores are torchmetrics results, already synchronised across ranks:
+    # Lightning's advice to all-reduce them again (once per key under DDP) is noise
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting")
     _check_single_device(cfg.get("strategy"), cfg.trainer)
     callbacks = build_callbacks(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # Lightning refuses a progress bar callback then

@@ -57,11 +57,11 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
     jobs += [{**conf, "kind": preset_kind(name), "preset": name, "recon": None} for name in presets]
     if not jobs:
         raise ValueError("nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions")
-    results = []
+    env, results = environment(conf), []
     for job in jobs:
         print(f"[compare] {KINDS[job['kind']]} {job.get('ckpt') or job['preset']}", flush=True)
         results.append(run_isolated(job) if conf["isolate"] else measure(job))
-    report = {"environment": environment(conf), "models": results}
+    report = {"environment": env, "models": results}
     write_json(run_dir / "comparison.json", report)
     (run_dir / "comparison.md").write_text(markdown(report))
     print((run_dir / "comparison.md").read_text(), flush=True)
@@ -115,6 +115,8 @@ def environment(conf: dict[str, Any]) -> dict[str, Any]:
         "repeats": conf["repeats"],
         "isolated": conf["isolate"],
         "date": time.strftime("%Y-%m-%d %H:%M"),
+        # other work on a shared machine slows every row: compare ratios within one run, not across runs
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
@@ -307,9 +309,11 @@ def _peak_mb(device: torch.device) -> float:
 def markdown(report: dict[str, Any]) -> str:
     """comparison.md: a speed/memory table and a reconstruction table."""
     env = report["environment"]
+    load = "" if env["load_average_1m"] is None else f"; load average {env['load_average_1m']:.1f} at the start"
     lines = [
         f"Measured {env['date']} on {env['device']} ({env['device_name']}, {env['threads']} threads, torch "
-        f"{env['torch']}), batch {env['batch_size']}, {env['repeats']} timed call(s) after a warm-up.",
+        f"{env['torch']}{load}), batch {env['batch_size']}, "
+        f"{env['repeats']} timed call(s) after a warm-up.",
         "",
         "| Model | Source | Res | Params (M) | Method | Samples/s | s/sample | Peak mem (MB) | Notes |",
         "|---|---|---:|---:|---|---:|---:|---:|---|",

@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -61,12 +62,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trusted = bool(cfg.get("trusted_checkpoint", False))
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=not trusted)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    metrics["global_step"] = trainer.global_step
+    metrics["global_step"] = step = final_global_step(trainer)
     metrics["world_size"] = trainer.world_size
     # every optimizer step consumes one global batch per accumulated micro-batch
-    metrics["samples_seen"] = trainer.global_step * trainer.accumulate_grad_batches * int(cfg.data.batch_size)
+    metrics["samples_seen"] = step * trainer.accumulate_grad_batches * int(cfg.data.batch_size)
     write_json(run_dir / "metrics.json", metrics)
     return {"metrics": metrics, "trainer": trainer, "model": model, "run_dir": run_dir}
+
+
+def final_global_step(trainer: pl.Trainer) -> int:
+    """The trainer's global step. With ddp_spawn the main process's trainer did not train (Lightning sends back
+    only the weights and metrics), so the step is read from the run's last.ckpt, written at the end."""
+    ckpt = trainer.checkpoint_callback
+    if trainer.global_step or ckpt is None or not ckpt.dirpath:
+        return trainer.global_step
+    last = Path(ckpt.dirpath) / "last.ckpt"
+    if not last.is_file():
+        return trainer.global_step
+    return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
 
 
 @rank_zero_only
