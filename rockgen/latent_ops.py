@@ -334,9 +334,9 @@ def fit_linear_classifier(
         weights.detach(), bias.detach(), classes, None, counts=counts, heldout_counts=dict.fromkeys(classes, 0)
     )
     pred = clf.logits(x).argmax(1)
-    clf.train_accuracy = float((pred[train] == y[train]).float().mean())
+    clf.train_accuracy = int((pred[train] == y[train]).sum()) / len(train)
     if held:
-        clf.heldout_accuracy = float((pred[held] == y[held]).float().mean())
+        clf.heldout_accuracy = int((pred[held] == y[held]).sum()) / len(held)
         clf.heldout_counts.update(Counter(labs[i] for i in held))
     return clf
 

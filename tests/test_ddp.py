@@ -164,7 +164,8 @@ def test_ddp_spawn_in_process(tmp_path):
     from rockgen.tasks.train import train
 
     probe = tmp_path / "probe"
-    cfg = compose_config([*TINY, "strategy=ddp_spawn", "trainer.devices=2", *probe_overrides(probe)], tmp_path / "run")
+    overrides = [*TINY, "strategy=ddp_spawn", "trainer.devices=2", "trainer.limit_val_batches=0"]
+    cfg = compose_config([*overrides, *probe_overrides(probe)], tmp_path / "run")
     out = train(cfg)
     check_identical_ranks_and_batches(read_probes(probe, 2), steps=3, global_batch=4)
     assert out["metrics"]["global_step"] == 3 and out["metrics"]["world_size"] == 2
@@ -177,8 +178,8 @@ def test_torchrun_two_nodes_num_nodes_flows_through(tmp_path):
     """Two 'nodes' of one rank each on this machine: trainer.num_nodes=2 reaches Lightning and the ranks."""
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     port = str(free_port())
-    cmd = ["bash", "scripts/train_torchrun.sh", *DDP_TINY, "logger=csv", *probe_overrides(probe),
-           f"hydra.run.dir={run_dir}"]
+    cmd = ["bash", "scripts/train_torchrun.sh", *DDP_TINY, "logger=csv", "trainer.limit_val_batches=0",
+           *probe_overrides(probe), f"hydra.run.dir={run_dir}"]
     nodes = [start(cmd, tmp_path / f"node{r}.txt", NNODES="2", NODE_RANK=str(r), NPROC_PER_NODE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in (0, 1)]
     for r, proc in enumerate(nodes):

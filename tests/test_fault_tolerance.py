@@ -74,7 +74,7 @@ def test_nan_loss_on_one_rank_stops_every_rank_and_keeps_the_last_good_checkpoin
     poison = ["model._target_=run_hooks.PoisonedLitModel", "+model.poison=data", "+model.poison_step=2",
               "+model.poison_rank=1"]
     cmd = ["bash", "scripts/train.sh", "2", *DDP_TINY, "logger=csv", *poison, "trainer.max_steps=6",
-           f"hydra.run.dir={run_dir}"]
+           "trainer.limit_val_batches=0", f"hydra.run.dir={run_dir}"]
     out = run(cmd, log, timeout=180)
     assert "non-finite training loss (nan) at global step 2" in out, out[-4000:]
     assert "last good checkpoint" in out
@@ -87,7 +87,8 @@ def test_nan_loss_on_one_rank_stops_every_rank_and_keeps_the_last_good_checkpoin
 def test_a_diverged_model_is_never_checkpointed(tmp_path):
     """A NaN weight after a finite-loss step (an overflowing update): the save is refused, last.ckpt stays good."""
     poison = ["model._target_=run_hooks.PoisonedLitModel", "+model.poison=weights", "+model.poison_step=3"]
-    cfg = compose_config([*TINY, *poison, "trainer.max_steps=6", "trainer.enable_progress_bar=false"], tmp_path)
+    quiet = ["trainer.max_steps=6", "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false"]
+    cfg = compose_config([*TINY, *poison, *quiet], tmp_path)
     with pytest.raises(FloatingPointError, match=r"not saving step0000004.ckpt at global step 4: .*model\.decoder"):
         train(cfg)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step0000002.ckpt"]
@@ -110,7 +111,7 @@ def test_kill_9_mid_run_then_the_same_command_resumes_from_last_checkpoint(tmp_p
     run_dir = tmp_path / "run"
     every = 2
     cmd = [sys.executable, "run.py", *DDP_TINY, *CSV, "trainer.max_steps=8", f"hydra.run.dir={run_dir}",
-           f"callbacks.checkpoint.every_n_train_steps={every}", "trainer.val_check_interval=100"]
+           f"callbacks.checkpoint.every_n_train_steps={every}", "trainer.limit_val_batches=0"]
     log = tmp_path / "first.txt"
     proc = start(cmd, log)
     wait_for_steps(proc, run_dir, log, 5)

@@ -37,7 +37,7 @@ class EpochSampler(DistributedSampler):
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, seed: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self._start = 0  # per-rank position to start the next iteration at (set by resume)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, per-rank position) set by resume
 
     def epoch_order(self, epoch: int) -> list[int]:
         """This rank's indices of ``epoch`` in order."""
@@ -47,12 +47,14 @@ class EpochSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         # a generator: the epoch is read at the first next(), after Lightning's set_epoch
-        epoch, start, self._start = self.epoch, self._start, 0
+        epoch, resume_at, self._resume_at = self.epoch, self._resume_at, None
+        start = resume_at[1] if resume_at is not None and resume_at[0] == epoch else 0
         for index in self.epoch_order(epoch)[start:]:
             yield index, derive_seed("item", self.seed, epoch, index)
 
-    def resume(self, epoch: int, samples: int) -> None:
-        """Continue ``epoch`` after ``samples`` consumed samples (global, over all ranks)."""
+    def resume(self, epoch: int, samples: int, min_remaining: int = 1) -> None:
+        """Continue ``epoch`` after ``samples`` consumed samples (global, over all ranks); the next epoch when
+        fewer than ``min_remaining`` (a batch, with ``drop_last``) are left on this rank."""
         per_rank = samples // self.num_replicas
         if samples % self.num_replicas:
             warnings.warn(
@@ -60,10 +62,10 @@ class EpochSampler(DistributedSampler):
                 f"each rank skips {per_rank}",
                 stacklevel=2,
             )
-        if per_rank >= self.num_samples:  # the checkpoint was taken on the epoch's last batch
+        if self.num_samples - per_rank < min_remaining:  # the checkpoint was taken on the epoch's last batch
             epoch, per_rank = epoch + 1, 0
         self.set_epoch(epoch)
-        self._start = per_rank
+        self._resume_at = (epoch, per_rank)
 
 
 class ResumableLoader(DataLoader):
@@ -96,5 +98,5 @@ class ResumableLoader(DataLoader):
             )
             sampler.set_epoch(int(state["epoch"]))
             return
-        sampler.resume(int(state["epoch"]), int(state["samples"]))
+        sampler.resume(int(state["epoch"]), int(state["samples"]), self.batch_size if self.drop_last else 1)
 
