@@ -125,7 +125,7 @@ def _rss_gb() -> float:
 
 
 def calibrate(device) -> float:
-    """Best of 5 of one fp32 channels_last conv3x3 128->128 on (8, 128, 64, 64), in ms (20-22 ms on a quiet
+    """Best of 2 of one fp32 channels_last conv3x3 128->128 on (8, 128, 64, 64), in ms (20-22 ms on a quiet
     2-core machine of ours): how fast the machine is right now, for reading figures from a noisy run."""
     import torch
 
@@ -133,7 +133,7 @@ def calibrate(device) -> float:
     x = torch.randn(8, 128, 64, 64, device=device).to(memory_format=torch.channels_last)
     times = []
     with torch.no_grad():
-        for _ in range(6):
+        for _ in range(3):
             t0 = time.perf_counter()
             conv(x)
             _sync(device)

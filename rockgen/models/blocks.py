@@ -72,6 +72,15 @@ def _recompute_in_backward(fn: Callable[..., torch.Tensor], *args: torch.Tensor)
     return fn(*args)
 
 
+def _add_residual(skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """skip + branch, written into branch (a fresh output whose backward does not need it) when that gives
+    the same result: same shape and memory layout, and no dtype promotion (bf16 branch + float32 skip)."""
+    same_layout = branch.shape == skip.shape and branch.stride() == skip.stride()
+    if same_layout and branch.dtype == torch.promote_types(branch.dtype, skip.dtype):
+        return branch.add_(skip)
+    return skip + branch
+
+
 class ResBlock(nn.Module):
     """Residual block: AdaGN on time (+ z_sem) when conditioned, else the official single-conv encoder block.
 
@@ -148,12 +157,6 @@ class ResBlock(nn.Module):
         # F.dropout on CPU keeps a float32 copy of the scaled mask.
         return torch.native_dropout(h, self.dropout, True)[0]
 
-    def _residual(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """skip + branch, in place in the branch (a fresh conv output that backward does not need)."""
-        if branch.dtype == torch.promote_types(branch.dtype, skip.dtype) and branch.shape == skip.shape:
-            return branch.add_(skip)
-        return skip + branch
-
     def forward(
         self, x: torch.Tensor, emb: torch.Tensor | None = None, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -165,7 +168,7 @@ class ResBlock(nn.Module):
             x = _downsample(x)
         if self.out_layers is None:
             # Dropout is not in the official encoder; 0.0 (the default) reproduces it.
-            return self._residual(self.skip_connection(x), self._conv_in(h, self.dropout))
+            return _add_residual(self.skip_connection(x), self._conv_in(h, self.dropout))
 
         h = self._conv_in(h)
         if emb is None:
@@ -181,7 +184,7 @@ class ResBlock(nn.Module):
             scale = scale * z_scale
             shift = shift * z_scale
         h = self._dropout(_recompute_in_backward(self._adagn_act, h, scale, shift))
-        return self._residual(self.skip_connection(x), self.out_layers[3](h))
+        return _add_residual(self.skip_connection(x), self.out_layers[3](h))
 
 
 class AttentionBlock(nn.Module):
@@ -213,8 +216,9 @@ class AttentionBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v)  # default scale 1/sqrt(d); (B, nh, L, d)
         a = a.transpose(1, 2).reshape(b, length, c)  # heads back to channels [head][d]
         out = F.linear(a, self.proj_out.weight[..., 0], self.proj_out.bias)  # (B, L, C)
-        # (B, L, C) -> (B, C, H, W) as a channels_last view, no copy.
-        return x + out.transpose(1, 2).view(b, c, height, width)
+        # (B, L, C) -> (B, C, H, W) as a channels_last view, no copy; the residual is added in place there.
+        out = out.transpose(1, 2).view(b, c, height, width)
+        return _add_residual(x, out)
 
 
 class Downsample(nn.Module):

@@ -1,0 +1,44 @@
+"""scripts/bench.py end to end on the tiny demo preset: one timed iteration per measurement, table and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+ROW_FIELDS = (
+    "config", "precision", "channels_last", "compile", "malloc_tunables", "omp_passive", "params_m",
+    "rss_after_build_gb", "peak_rss_gb", "peak_rss_total_gb", "train_img_s", "render_img_s", "invert_img_s",
+    "encode_img_s", "calib_conv_ms", "other_load", "wall_s", "measured",
+)
+
+
+@pytest.mark.slow
+def test_bench_demo_writes_every_row_and_field(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--preset", "demo", "--batch", "2", "--iters", "1",
+           "--T", "2", "--precision", "fp32,bf16", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train step: 1/1" in proc.stderr  # per-iteration progress reaches the user
+
+    result = json.loads(out.read_text())
+    assert result["preset"] == "demo" and result["batch"] == 2 and result["T"] == 2
+    for key in ("torch", "threads", "cpu_model"):
+        assert result["machine"][key], key
+    assert result["reference_official"] is None  # official figures are for rock64 at batch 8 only
+    assert [r["config"] for r in result["rows"]] == ["fp32 cl", "bf16 cl"]
+    for row in result["rows"]:
+        for field in ROW_FIELDS:
+            assert field in row, (row["config"], field)
+        for col in result["columns"]:
+            assert isinstance(row[col], float) and row[col] > 0, (row["config"], col)
+        for what in ("train", "render", "invert", "encode"):
+            assert len(row["measured"][what]["times_s"]) == 1  # the warm-up call is not reported
+        # training peak RSS is read before inference, so it can only be lower than the whole run's
+        assert row["rss_after_build_gb"] <= row["peak_rss_gb"] <= row["peak_rss_total_gb"]
+    for header in ("train img/s", "render img/s", "invert img/s", "encode img/s", "peak RSS GB"):
+        assert header in proc.stdout
