@@ -28,8 +28,9 @@ from rockgen.tasks.build import build_trainer
 
 PYTHON = sys.executable
 TESTS = Path(__file__).resolve().parent
-# TINY without its logger choice (each test picks one), with a CSV flushed every step so tests can watch progress
+# TINY without its logger choice (each test picks one) and without a progress bar (logs go to files)
 DDP_TINY = [o for o in TINY if not o.startswith("logger")] + ["trainer.enable_progress_bar=false"]
+# a CSV log flushed every step: tests read it to know how far a running training got
 CSV = ["logger=csv", "+logger.csv.flush_logs_every_n_steps=1"]
 
 
@@ -55,6 +56,17 @@ def check_identical_ranks_and_batches(probes: list[dict], steps: int, global_bat
         assert len(set(items)) == global_batch, f"step {step}: ranks overlap: {items}"
 
 
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One torch thread per training process, in-process and in spawned ranks (subprocesses get it from
+    ``script_env``): on a shared, oversubscribed CPU two spinning OpenMP threads made training 7x slower."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------------- subprocess helpers
 def free_port() -> int:
     with socket.socket() as s:
@@ -72,9 +84,10 @@ def script_env(**extra: str) -> dict[str, str]:
 
 def start(cmd: list[str], log: Path, **env: str) -> subprocess.Popen:
     """Start a command in its own process group, output to ``log``."""
-    out = open(log, "w")  # noqa: SIM115 - closed by the child's exit; the test reads the file
-    return subprocess.Popen(cmd, cwd=ROOT, env=script_env(**env), stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log, "w") as out:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env=script_env(**env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
@@ -89,8 +102,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
 
 
 def run(cmd: list[str], log: Path, timeout: float = 240, **env: str) -> str:
-    text = finish(start(cmd, log, **env), log, timeout)
-    return text
+    return finish(start(cmd, log, **env), log, timeout)
 
 
 def logged_steps(run_dir: Path) -> int:
@@ -149,18 +161,27 @@ def test_train_sh_two_ranks_identical_weights_and_nothing_written_twice(tmp_path
     # rank 0 writes every artefact once; rank 1 only its own log file
     files = tree(run_dir)
     top = {f.split("/")[0] for f in files}
-    assert top == {".hydra", "checkpoints", "csv", "images", "wandb", "metrics.json", "train.log",
-                   "train_ddp_process_1.log"}, sorted(files)
-    assert {f for f in files if f.startswith("checkpoints/")} == {"checkpoints/last.ckpt",
-                                                                    "checkpoints/step0000002.ckpt"}
+    assert top == {
+        ".hydra",
+        "checkpoints",
+        "csv",
+        "images",
+        "wandb",
+        "metrics.json",
+        "train.log",
+        "train_ddp_process_1.log",
+    }, sorted(files)
+    assert {f for f in files if f.startswith("checkpoints/")} == {
+        "checkpoints/last.ckpt",
+        "checkpoints/step0000002.ckpt",
+    }
     assert {f for f in files if f.startswith("images/")} == {"images/val_step0000003.png"}
     assert sorted(p.name for p in (run_dir / "csv").iterdir()) == ["version_0"]
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
-    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() != b""
 
 
 @pytest.mark.slow
-def test_ddp_spawn_in_process(tmp_path):
+def test_ddp_spawn_in_process(tmp_path, one_thread):
     from rockgen.tasks.train import train
 
     probe = tmp_path / "probe"
@@ -178,17 +199,36 @@ def test_torchrun_two_nodes_num_nodes_flows_through(tmp_path):
     """Two 'nodes' of one rank each on this machine: trainer.num_nodes=2 reaches Lightning and the ranks."""
     run_dir, probe = tmp_path / "run", tmp_path / "probe"
     port = str(free_port())
-    cmd = ["bash", "scripts/train_torchrun.sh", *DDP_TINY, "logger=csv", "trainer.limit_val_batches=0",
-           *probe_overrides(probe), f"hydra.run.dir={run_dir}"]
-    nodes = [start(cmd, tmp_path / f"node{r}.txt", NNODES="2", NODE_RANK=str(r), NPROC_PER_NODE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port) for r in (0, 1)]
+    cmd = [
+        "bash",
+        "scripts/train_torchrun.sh",
+        *DDP_TINY,
+        "logger=csv",
+        "trainer.limit_val_batches=0",
+        *probe_overrides(probe),
+        f"hydra.run.dir={run_dir}",
+    ]
+    nodes = [
+        start(
+            cmd,
+            tmp_path / f"node{r}.txt",
+            NNODES="2",
+            NODE_RANK=str(r),
+            NPROC_PER_NODE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+        )
+        for r in (0, 1)
+    ]
     for r, proc in enumerate(nodes):
         finish(proc, tmp_path / f"node{r}.txt", timeout=240)
         assert proc.returncode == 0, (tmp_path / f"node{r}.txt").read_text()[-4000:]
     probes = read_probes(probe, 2)
     check_identical_ranks_and_batches(probes, steps=3, global_batch=4)
     assert [(p["num_nodes"], p["node_rank"], p["cluster"]) for p in probes] == [
-        (2, 0, "TorchElasticEnvironment"), (2, 1, "TorchElasticEnvironment")]
+        (2, 0, "TorchElasticEnvironment"),
+        (2, 1, "TorchElasticEnvironment"),
+    ]
     logs = {f for f in tree(run_dir) if f.endswith(".log")}
     assert logs == {"train.log", "rank1.log"}  # rank 1's Hydra bookkeeping stays out of rank 0's files
 
@@ -224,12 +264,26 @@ def test_slurm_time_limit_signal_saves_last_checkpoint_and_requeues(tmp_path):
         f.chmod(0o755)
     run_dir = tmp_path / "run"
     slurm = dict(
-        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", SLURM_JOB_ID="4242", SLURM_JOB_NAME="rockgen-test",
-        SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2", SLURM_NNODES="1", SLURM_NODELIST="127.0.0.1",
-        SLURM_SUBMIT_DIR=str(ROOT), MASTER_PORT=str(free_port()),
+        PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        SLURM_JOB_ID="4242",
+        SLURM_JOB_NAME="rockgen-test",
+        SLURM_NTASKS="2",
+        SLURM_NTASKS_PER_NODE="2",
+        SLURM_NNODES="1",
+        SLURM_NODELIST="127.0.0.1",
+        SLURM_SUBMIT_DIR=str(ROOT),
+        MASTER_PORT=str(free_port()),
     )
-    cmd = ["bash", "scripts/train_slurm.sh", *DDP_TINY, *CSV, f"hydra.run.dir={run_dir}",
-           "trainer.max_steps=1000", "callbacks.checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=1000"]
+    cmd = [
+        "bash",
+        "scripts/train_slurm.sh",
+        *DDP_TINY,
+        *CSV,
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_steps=1000",
+        "callbacks.checkpoint.every_n_train_steps=1000",
+        "trainer.val_check_interval=1000",
+    ]
     log = tmp_path / "job1.txt"
     proc = start(cmd, log, **slurm)
     wait_for_steps(proc, run_dir, log, 2)
@@ -263,8 +317,11 @@ def test_fp16_on_cpu_is_a_clear_error_not_a_silent_switch(tmp_path):
     assert trainer.precision == "bf16-mixed"
 
 
-def test_strategy_group_is_independent_of_the_trainer_group(tmp_path):
+def test_strategy_group_is_independent_of_the_trainer_group(tmp_path, monkeypatch):
     from pytorch_lightning.strategies import DDPStrategy
+
+    for var in ("SLURM_NTASKS", "TORCHELASTIC_RUN_ID"):  # this test itself may run inside a cluster job
+        monkeypatch.delenv(var, raising=False)
 
     with pytest.raises(ValueError, match="strategy=single .* trainer.devices=2 .* strategy=ddp"):
         build_trainer(_cfg(tmp_path, "trainer.devices=2"), tmp_path)
@@ -287,7 +344,6 @@ def test_train_sh_prints_usage_without_a_device_count():
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_launch_scripts_are_shellcheck_clean():
-    scripts = sorted(str(p) for p in (ROOT / "scripts").glob("*.sh"))
-    assert len(scripts) >= 3
+    scripts = [str(ROOT / "scripts" / name) for name in ("train.sh", "train_torchrun.sh", "train_slurm.sh")]
     proc = subprocess.run(["shellcheck", *scripts], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY, compose_config
+from test_ddp import one_thread
 
 from rockgen.data.sampler import EpochSampler, ResumableLoader
 from rockgen.data.tiles import TileDataset
@@ -45,6 +46,7 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures(one_thread.__name__)
 def test_interrupted_and_resumed_runs_end_with_the_same_weights(tmp_path):
     whole = tmp_path / "whole"
     out = train(compose_config(RUN, whole))

@@ -18,12 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY, compose_config
-from test_ddp import CSV, DDP_TINY, children, finish, logged_steps, run, start, wait_for_steps
+from test_ddp import CSV, DDP_TINY, children, finish, logged_steps, one_thread, run, start, wait_for_steps
 
 from rockgen.callbacks.checkpoint import non_finite_tensors
 from rockgen.lit.checkpoint import CheckpointError, read_checkpoint
 from rockgen.tasks.train import train
 
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 LONG = ["trainer.max_steps=1000", "callbacks.checkpoint.every_n_train_steps=1000", "trainer.val_check_interval=1000"]
 
 
@@ -71,10 +72,23 @@ def test_a_dead_rank_fails_the_whole_job_quickly(tmp_path):
 @pytest.mark.slow
 def test_nan_loss_on_one_rank_stops_every_rank_and_keeps_the_last_good_checkpoint(tmp_path):
     run_dir, log = tmp_path / "run", tmp_path / "log.txt"
-    poison = ["model._target_=run_hooks.PoisonedLitModel", "+model.poison=data", "+model.poison_step=2",
-              "+model.poison_rank=1"]
-    cmd = ["bash", "scripts/train.sh", "2", *DDP_TINY, "logger=csv", *poison, "trainer.max_steps=6",
-           "trainer.limit_val_batches=0", f"hydra.run.dir={run_dir}"]
+    poison = [
+        "model._target_=run_hooks.PoisonedLitModel",
+        "+model.poison=data",
+        "+model.poison_step=2",
+        "+model.poison_rank=1",
+    ]
+    cmd = [
+        "bash",
+        "scripts/train.sh",
+        "2",
+        *DDP_TINY,
+        "logger=csv",
+        *poison,
+        "trainer.max_steps=6",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={run_dir}",
+    ]
     out = run(cmd, log, timeout=180)
     assert "non-finite training loss (nan) at global step 2" in out, out[-4000:]
     assert "last good checkpoint" in out
@@ -110,8 +124,16 @@ def test_non_finite_tensors_names_parameters_and_buffers():
 def test_kill_9_mid_run_then_the_same_command_resumes_from_last_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     every = 2
-    cmd = [sys.executable, "run.py", *DDP_TINY, *CSV, "trainer.max_steps=8", f"hydra.run.dir={run_dir}",
-           f"callbacks.checkpoint.every_n_train_steps={every}", "trainer.limit_val_batches=0"]
+    cmd = [
+        sys.executable,
+        "run.py",
+        *DDP_TINY,
+        *CSV,
+        "trainer.max_steps=8",
+        f"hydra.run.dir={run_dir}",
+        f"callbacks.checkpoint.every_n_train_steps={every}",
+        "trainer.limit_val_batches=0",
+    ]
     log = tmp_path / "first.txt"
     proc = start(cmd, log)
     wait_for_steps(proc, run_dir, log, 5)
@@ -131,7 +153,12 @@ def test_kill_9_mid_run_then_the_same_command_resumes_from_last_checkpoint(tmp_p
 def trained_run(tmp_path_factory) -> Path:
     """A tiny 3-step run: its checkpoints are the good files the tests below tamper with."""
     run_dir = tmp_path_factory.mktemp("trained")
-    train(compose_config([*TINY, "trainer.enable_progress_bar=false"], run_dir))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(compose_config([*TINY, "trainer.enable_progress_bar=false"], run_dir))
+    finally:
+        torch.set_num_threads(before)
     return run_dir
 
 
@@ -167,8 +194,16 @@ def test_trusted_checkpoint_flag_resumes_from_a_legacy_pickle(trained_run, tmp_p
     legacy = tampered(trained_run, tmp_path, argparse.Namespace(lr=1e-4))
     with pytest.raises(CheckpointError):
         read_checkpoint(legacy)
-    cfg = compose_config([*TINY, f"ckpt_path={legacy}", "trainer.max_steps=4", "trusted_checkpoint=true",
-                          "trainer.enable_progress_bar=false"], tmp_path / "run")
+    cfg = compose_config(
+        [
+            *TINY,
+            f"ckpt_path={legacy}",
+            "trainer.max_steps=4",
+            "trusted_checkpoint=true",
+            "trainer.enable_progress_bar=false",
+        ],
+        tmp_path / "run",
+    )
     assert train(cfg)["trainer"].global_step == 4
 
 

@@ -99,4 +99,3 @@ class ResumableLoader(DataLoader):
             sampler.set_epoch(int(state["epoch"]))
             return
         sampler.resume(int(state["epoch"]), int(state["samples"]), self.batch_size if self.drop_last else 1)
-

@@ -114,9 +114,7 @@ def load_checkpoint_module(
     """
     ckpt = read_checkpoint(path, map_location, trusted)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(
-            f"{path} is not a rockgen/Lightning checkpoint (no state_dict/hyper_parameters)"
-        )
+        raise CheckpointError(f"{path} is not a rockgen/Lightning checkpoint (no state_dict/hyper_parameters)")
     cls = module_class(ckpt)
     if expect is not None and not issubclass(cls, expect):
         names = expect.__name__ if isinstance(expect, type) else " or ".join(e.__name__ for e in expect)

@@ -126,9 +126,7 @@ def _check_single_device(strategy_cfg: DictConfig | None, trainer_cfg: DictConfi
     if strategy_cfg is not None and strategy_cfg.get("name", "auto") not in ("auto", "single"):
         return
     devices, nodes = trainer_cfg.get("devices", 1), int(trainer_cfg.get("num_nodes", 1))
-    many = (isinstance(devices, int) and devices > 1) or (
-        OmegaConf.is_list(devices) and len(devices) > 1
-    )
+    many = (isinstance(devices, int) and devices > 1) or (OmegaConf.is_list(devices) and len(devices) > 1)
     if many or nodes > 1:
         raise ValueError(
             f"strategy=single runs one process on one device, but trainer.devices={devices} and "

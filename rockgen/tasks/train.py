@@ -29,9 +29,7 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
         raise ValueError(f"resume must be auto or never, got {cfg.resume!r}")
     if cfg.ckpt_path == "last":
         if not last.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last but {last} does not exist (nothing to resume in {run_dir})"
-            )
+            raise FileNotFoundError(f"ckpt_path=last but {last} does not exist (nothing to resume in {run_dir})")
         return str(last)
     if cfg.ckpt_path:
         path = Path(cfg.ckpt_path)
