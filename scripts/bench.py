@@ -141,6 +141,12 @@ def calibrate(device) -> float:
     return round(min(times[1:]) * 1e3, 2)
 
 
+def _minor_faults() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _sync(device) -> None:
     import torch
 
@@ -154,7 +160,7 @@ def _timed(tag: str, what: str, fn, iters: int, device, warmup=None) -> dict:
     (warmup or fn)()
     _sync(device)
     _log(tag, f"{what}: warm-up {time.perf_counter() - t0:.2f} s")
-    times, start = [], _counters()
+    times, start, faults = [], _counters(), _minor_faults()
     for i in range(iters):
         t0 = time.perf_counter()
         fn()
@@ -162,9 +168,11 @@ def _timed(tag: str, what: str, fn, iters: int, device, warmup=None) -> dict:
         times.append(round(time.perf_counter() - t0, 4))
         _log(tag, f"{what}: {i + 1}/{iters} {times[-1]:.2f} s")
     load = round(other_load(start), 2)
+    faults = (_minor_faults() - faults) // iters
     if load > 0.25:
         _log(tag, f"{what}: other processes used {load:.2f} cores meanwhile: the times are noisy")
-    return {"times_s": times, "other_load": load, "calib_conv_ms": calibrate(device)}
+    # Page faults per call: memory the allocator got fresh from the OS (what GLIBC_TUNABLES can avoid).
+    return {"times_s": times, "page_faults": faults, "other_load": load, "calib_conv_ms": calibrate(device)}
 
 
 def build_model(preset: str, channels_last: bool):

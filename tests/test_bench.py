@@ -38,7 +38,9 @@ def test_bench_demo_writes_every_row_and_field(tmp_path):
         for col in result["columns"]:
             assert isinstance(row[col], float) and row[col] > 0, (row["config"], col)
         for what in ("train", "render", "invert", "encode"):
-            assert len(row["measured"][what]["times_s"]) == 1  # the warm-up call is not reported
+            measured = row["measured"][what]
+            assert len(measured["times_s"]) == 1  # the warm-up call is not reported
+            assert {"page_faults", "other_load", "calib_conv_ms"} <= set(measured)
         # training peak RSS is read before inference, so it can only be lower than the whole run's
         assert row["rss_after_build_gb"] <= row["peak_rss_gb"] <= row["peak_rss_total_gb"]
     for header in ("train img/s", "render img/s", "invert img/s", "encode img/s", "peak RSS GB"):

@@ -76,9 +76,14 @@ def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint plugin: atomic local writes and ``weights_only`` reads with clear errors.
 
-    ``Trainer.fit(ckpt_path=..., weights_only=False)`` is the only way to unpickle arbitrary objects (a trusted
-    legacy file); ``None`` (Lightning's default) and ``True`` load tensors and plain containers only.
+    Reads unpickle arbitrary objects only with ``trusted=True`` (CLI ``trusted_checkpoint=true``) or
+    ``Trainer.fit(..., weights_only=False)`` (Lightning >= 2.6); Lightning's default ``None`` loads tensors and
+    plain containers only, whatever torch's own default is.
     """
+
+    def __init__(self, trusted: bool = False) -> None:
+        super().__init__()
+        self.trusted = trusted
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -86,9 +91,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
         save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        trusted = self.trusted or weights_only is False
         if not _is_local(path):
-            return super().load_checkpoint(path, map_location, weights_only=weights_only is not False)
-        return read_checkpoint(str(path).removeprefix("file://"), map_location or "cpu", trusted=weights_only is False)
+            return super().load_checkpoint(path, map_location, weights_only=not trusted)
+        return read_checkpoint(str(path).removeprefix("file://"), map_location or "cpu", trusted=trusted)
 
 
 def module_class(checkpoint: dict[str, Any]) -> type:

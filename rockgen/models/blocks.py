@@ -93,6 +93,10 @@ class ResBlock(nn.Module):
     Unconditioned (emb_channels=None): the official encoder quirk -- `out_layers` only exist with a condition,
     so the block is out = skip(x) + conv3x3(SiLU(GN(x))) with one conv and (by default) no dropout.
     up/down resample after GN+SiLU, before the first conv, and the skip input too (BigGAN-style up/down).
+
+    The Sequentials only fix the official parameter names; forward calls their parts itself so that, under
+    autograd, GN → (AdaGN) → SiLU is recomputed in backward instead of stored, dropout keeps a bool mask, up
+    blocks use the sub-pixel ``upsample_conv3x3`` and the residual is added in place (see ``_add_residual``).
     """
 
     def __init__(
@@ -242,7 +246,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) -> (B, C, 2H, 2W)."""
-        return self.conv(_upsample(x))
+        return upsample_conv3x3(x, self.conv)
 
 
 class CondSequential(nn.Sequential):

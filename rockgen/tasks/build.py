@@ -137,7 +137,8 @@ def _check_single_device(strategy_cfg: DictConfig | None, trainer_cfg: DictConfi
 def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Trainer:
     """The Trainer of the ``trainer`` group with callbacks, loggers and strategy, rooted at the run dir.
 
-    Checkpoints are written and read by ``SafeCheckpointIO`` (atomic writes, ``weights_only`` reads).
+    Checkpoints are written and read by ``SafeCheckpointIO``: atomic writes, ``weights_only`` reads unless
+    ``trusted_checkpoint=true``.
     """
     from pytorch_lightning.callbacks import ProgressBar
 
@@ -156,7 +157,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Traine
         logger=build_loggers(cfg.get("logger")),
         strategy=build_strategy(cfg.get("strategy")),
         default_root_dir=str(run_dir),
-        plugins=[SafeCheckpointIO()],
+        plugins=[SafeCheckpointIO(trusted=bool(cfg.get("trusted_checkpoint", False)))],
     )
     kwargs.update(overrides)
     return hydra.utils.instantiate(cfg.trainer, **kwargs)

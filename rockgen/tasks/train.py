@@ -57,8 +57,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, run_dir)
     if ckpt:
         _print(f"Resuming from {ckpt}")
-    trusted = bool(cfg.get("trusted_checkpoint", False))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt, weights_only=not trusted)
+    # loaded by SafeCheckpointIO: weights_only unless trusted_checkpoint=true (works on every Lightning 2.x;
+    # Trainer.fit's own weights_only argument exists from Lightning 2.6 on)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     metrics["global_step"] = step = final_global_step(trainer)
     metrics["world_size"] = trainer.world_size
