@@ -373,8 +373,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--channels-last", default="on", choices=("on", "off", "both"))
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (minutes of compiling)")
-    p.add_argument("--malloc-tunables", action="store_true", help=f"add rows with GLIBC_TUNABLES={MALLOC_TUNABLES}")
-    p.add_argument("--omp-passive", action="store_true", help="add rows with OMP_WAIT_POLICY=PASSIVE")
+    p.add_argument("--malloc-tunables", nargs="?", const="both", default="off", choices=("off", "both", "only"),
+                   help=f"rows with GLIBC_TUNABLES={MALLOC_TUNABLES} beside (both, the default when given) or "
+                        "instead of (only) the rows without")
+    p.add_argument("--omp-passive", nargs="?", const="both", default="off", choices=("off", "both", "only"),
+                   help="rows with OMP_WAIT_POLICY=PASSIVE beside (both) or instead of (only) the rows without")
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma list of train,render,invert,encode")
     p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved; medians")
     p.add_argument("--wait-idle", type=float, default=0, metavar="S",
@@ -408,10 +411,10 @@ def main(argv=None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
     layouts = {"on": (True,), "off": (False,), "both": (True, False)}[args.channels_last]
-    both = lambda on: (False, True) if on else (False,)  # noqa: E731
-    configs = [Config(prec, cl, comp, tun, omp) for omp in both(args.omp_passive)
-               for tun in both(args.malloc_tunables and device == "cpu")  # host allocator only
-               for comp in both(args.compile) for cl in layouts for prec in args.precision]
+    choice = {"off": (False,), "both": (False, True), "only": (True,)}
+    tunables = choice[args.malloc_tunables] if device == "cpu" else (False,)  # glibc: host memory only
+    configs = [Config(prec, cl, comp, tun, omp) for omp in choice[args.omp_passive] for tun in tunables
+               for comp in choice["both" if args.compile else "off"] for cl in layouts for prec in args.precision]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"bench_results/{args.preset}_{stamp}.json")
     print(f"benchmarking {args.preset}, batch {args.batch}, {args.iters} iters (+1 warm-up), DDIM T={args.T}, "

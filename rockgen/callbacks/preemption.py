@@ -96,13 +96,18 @@ class Preemption(pl.Callback):
 
     # ------------------------------------------------------------------ the decision, at a step boundary
     def _agreed(self, trainer: pl.Trainer) -> tuple[bool, bool]:
-        """(stop, requeue) as any rank saw it: one all-reduce of two numbers per step (~0.1 ms on gloo)."""
+        """(stop, requeue) as any rank saw it: one all-reduce of two numbers per optimizer step."""
         flags = torch.tensor([self.received is not None, self._requeue_requested], dtype=torch.int32)
         if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flags[0]), bool(flags[1])
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and not last:
+            return  # mid-accumulation: decide after the optimizer step (a checkpoint holds no partial gradients)
         stop, requeue = self._agreed(trainer)
         if not stop:
             return
