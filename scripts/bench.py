@@ -3,7 +3,7 @@
 Each configuration (precision x memory format x torch.compile x environment) runs in a fresh subprocess, so
 peak RSS (``getrusage`` maxrss right after the training loop; CUDA: ``max_memory_allocated``) and allocator state
 never mix between rows. Each measurement runs one warm-up call (excluded), then ``--iters`` timed calls;
-images/s = batch / median time of a call.
+images/s = batch / median (``--stat best``: fastest) time of a call.
 
     train   one optimisation step as Lightning's automatic optimisation runs it, without a Trainer:
             LitModel.optimizer_step(closure) -> AdamW step + LitModel's EMA update, where the closure is
@@ -20,7 +20,7 @@ Usage:
     python scripts/bench.py --preset demo --batch 4 --iters 1 --only train,encode
     python scripts/bench.py --device cuda --precision bf16
 
-On a shared machine: ``--rounds R`` interleaves the configurations R times (medians reported); ``--wait-idle S``
+On a shared machine: ``--rounds R`` interleaves the configurations R times (times pooled); ``--wait-idle S``
 waits up to S seconds for other processes to go quiet; every row records ``other_load`` (cores used by other
 processes while it ran) and ``calib_conv_ms``, the time of a fixed fp32 3x3 convolution, which shows how fast
 the machine was at that moment. Output: a table on stdout, JSON with machine info in ``--out``
@@ -125,8 +125,9 @@ def _rss_gb() -> float:
 
 
 def calibrate(device) -> float:
-    """Best of 2 of one fp32 channels_last conv3x3 128->128 on (8, 128, 64, 64), in ms (20-22 ms on a quiet
-    2-core machine of ours): how fast the machine is right now, for reading figures from a noisy run."""
+    """Best of 2 of one fp32 channels_last conv3x3 128->128 on (8, 128, 64, 64), in ms: how fast the machine is
+    right now, to compare rows and runs measured under different load (shared/ENVIRONMENT.md: 20-22 ms; 44 ms was
+    measured on 2026-11-23 with no other process running, so the host itself varies too)."""
     import torch
 
     conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(device, memory_format=torch.channels_last)
@@ -331,14 +332,21 @@ def run_config(cfg: Config, args, device: str) -> dict:
     return row
 
 
-def merge_rounds(rounds: list[dict]) -> dict:
-    """One configuration measured in several rounds: the median of every figure, all rounds kept."""
-    row = dict(rounds[0])
-    for key in (*COLUMNS, "peak_rss_total_gb", "rss_after_build_gb", "peak_cuda_gb", "calib_conv_ms", "other_load"):
+def summarize(rounds: list[dict], batch: int, stat: str) -> dict:
+    """One configuration's row from its rounds: images/s from the pooled call times of all rounds (median or
+    best call), medians of the other figures; each round's own row is kept under ``rounds``."""
+    row = dict(rounds[-1])
+    for key in ("peak_rss_gb", "peak_rss_total_gb", "rss_after_build_gb", "peak_cuda_gb", "calib_conv_ms",
+                "other_load"):
         values = [r[key] for r in rounds if r.get(key) is not None]
         if key in row:
             row[key] = round(statistics.median(values), 4) if values else None
-    row["rounds"] = rounds
+    pick = min if stat == "best" else statistics.median
+    for what in MEASUREMENTS:
+        times = [t for r in rounds for t in r["measured"].get(what, {}).get("times_s", [])]
+        row[f"{what}_img_s"] = round(batch / pick(times), 4) if times else None
+    if len(rounds) > 1:
+        row["rounds"] = rounds
     return row
 
 
@@ -379,7 +387,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--omp-passive", nargs="?", const="both", default="off", choices=("off", "both", "only"),
                    help="rows with OMP_WAIT_POLICY=PASSIVE beside (both) or instead of (only) the rows without")
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma list of train,render,invert,encode")
-    p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved; medians")
+    p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved")
+    p.add_argument("--stat", default="median", choices=("median", "best"),
+                   help="images/s from the median or the fastest call of all rounds (best: least disturbed by "
+                        "other processes on a shared machine)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="S",
                    help="before each config wait up to S s for other processes to use < 0.3 cores")
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker")
@@ -426,14 +437,14 @@ def main(argv=None) -> dict:
             print(f"== round {r + 1}/{args.rounds}, config {i + 1}/{len(configs)}: {cfg.name}",
                   file=sys.stderr, flush=True)
             measured[cfg].append(run_config(cfg, args, device))
-    rows = [merge_rounds(measured[c]) if args.rounds > 1 else measured[c][0] for c in configs]
+    rows = [summarize(measured[c], args.batch, args.stat) for c in configs]
 
     official = args.preset in ("rock64", "rock64_autoenc") and args.batch == 8 and args.threads == 2
     reference = OFFICIAL_ROCK64 if official and device == "cpu" and args.T == 20 else None
     table = format_table(rows, reference)
     print(table)
     result = {"preset": args.preset, "batch": args.batch, "iters": args.iters, "T": args.T, "rounds": args.rounds,
-              "device": device, "measurements": args.only, "created": stamp,
+              "stat": args.stat, "device": device, "measurements": args.only, "created": stamp,
               "machine": machine_info(args.threads, device), "malloc_tunables": MALLOC_TUNABLES,
               "reference_official": reference, "columns": list(COLUMNS), "rows": rows, "table": table}
     out.parent.mkdir(parents=True, exist_ok=True)

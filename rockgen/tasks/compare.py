@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -202,15 +203,17 @@ def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str
 
 
 def _time_row(job: dict[str, Any], device: torch.device, name: str, fn) -> dict[str, Any]:
-    """Warm up once, then time ``repeats`` calls of ``fn(batch_size)``; DDPM is extrapolated per step."""
-    b = job["batch_size"]
+    """Warm up once, then time ``repeats`` calls of ``fn(batch_size)`` and keep the median (a shared machine
+    has bursts of other work); DDPM is extrapolated from its per-step time."""
+    b, times = job["batch_size"], []
     fn(b, True)
-    _sync(device)
-    start = time.perf_counter()
     for _ in range(job["repeats"]):
+        _sync(device)
+        start = time.perf_counter()
         note = fn(b, False)
-    _sync(device)
-    per_sample = (time.perf_counter() - start) / (job["repeats"] * b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    per_sample = statistics.median(times) / b
     measured = not name.startswith("DDPM")
     if not measured:
         per_sample *= job["ddpm_steps"] / job["ddpm_probe_steps"]
@@ -221,6 +224,7 @@ def _time_row(job: dict[str, Any], device: torch.device, name: str, fn) -> dict[
         "note": note,
         "s_per_sample": per_sample,
         "samples_per_s": 1.0 / per_sample,
+        "call_seconds": times,
     }
 
 
@@ -313,7 +317,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Measured {env['date']} on {env['device']} ({env['device_name']}, {env['threads']} threads, torch "
         f"{env['torch']}{load}), batch {env['batch_size']}, "
-        f"{env['repeats']} timed call(s) after a warm-up.",
+        f"median of {env['repeats']} timed call(s) after a warm-up.",
         "",
         "| Model | Source | Res | Params (M) | Method | Samples/s | s/sample | Peak mem (MB) | Notes |",
         "|---|---|---:|---:|---|---:|---:|---:|---|",
