@@ -45,3 +45,25 @@ def test_bench_demo_writes_every_row_and_field(tmp_path):
         assert row["rss_after_build_gb"] <= row["peak_rss_gb"] <= row["peak_rss_total_gb"]
     for header in ("train img/s", "render img/s", "invert img/s", "encode img/s", "peak RSS GB"):
         assert header in proc.stdout
+
+
+def test_bench_latent_rows_and_json(tmp_path):
+    out = tmp_path / "latent.json"
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "demo", "--codes", "32",
+           "--chunks", "8,32", "--T", "3", "--train-batch", "16", "--iters", "1", "--threads", "1",
+           "--precision", "fp32", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["what"], r["batch"], r["mode"]) for r in rows] == [
+        ("sample", 8, "shared t"), ("sample", 32, "shared t"), ("sample", 32, "per-row t"), ("train", 16, "")]
+    for r in rows:
+        assert len(r["times_s"]) == 1 and r["codes_s"] > 0
+    assert rows[0]["extrapolated"] and not rows[1]["extrapolated"]
+    assert "codes/s" in proc.stdout and "targets (issue #3)" in proc.stdout
+
+
+def test_bench_latent_rejects_unknown_net(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "huge"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown net 'huge'" in proc.stderr

@@ -235,6 +235,22 @@ def test_latent_mlp_default_size_and_shape():
     assert out.shape == (3, 512)
 
 
+def test_latent_mlp_shared_timestep_shortcut_matches_per_row_path():
+    """Sampling (no grad, one t for the batch) runs the time MLP on one row; the result equals the per-row path."""
+    torch.manual_seed(0)
+    net = MLPSkipNet(LatentMLPConfig(num_channels=16, hidden_channels=32, num_layers=4, time_embed_channels=24))
+    net = net.double()
+    x = torch.randn(5, 16, dtype=torch.float64)
+    t = torch.full((5,), 321)
+    with torch.no_grad():
+        fast = net(x, t)
+        rows = torch.cat([net(x[i : i + 1], t[i : i + 1]) for i in range(5)])  # batch 1: no shortcut taken
+    with torch.enable_grad():
+        graded = net(x, t)  # training path: per-row time MLP
+    torch.testing.assert_close(fast, rows, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast, graded.detach(), rtol=1e-12, atol=1e-12)
+
+
 def test_unconditional_unet_for_pixel_baseline():
     dec = ConditionalUNet(UNetConfig(**{**TINY_UNET, "cond_channels": None}))
     assert not any("cond_emb_layers" in k for k in dec.state_dict())
