@@ -60,13 +60,9 @@ def _ladder(resolution: int) -> Ladder:
     if resolution == 128:
         return Ladder(128, (1, 1, 2, 3, 4), (1, 1, 2, 3, 4, 4), total_samples=130_000_000)
     if resolution == 256:
-        return Ladder(
-            128, (1, 1, 2, 2, 4, 4), (1, 1, 2, 2, 4, 4, 4), batch_size=64, total_samples=200_000_000
-        )
+        return Ladder(128, (1, 1, 2, 2, 4, 4), (1, 1, 2, 2, 4, 4, 4), batch_size=64, total_samples=200_000_000)
     if resolution == 512:
-        return Ladder(
-            64, (1, 2, 2, 4, 4, 8, 8), (1, 2, 2, 4, 4, 8, 8, 8), batch_size=32, total_samples=200_000_000
-        )
+        return Ladder(64, (1, 2, 2, 4, 4, 8, 8), (1, 2, 2, 4, 4, 8, 8, 8), batch_size=32, total_samples=200_000_000)
     raise ValueError(f"no preset for resolution {resolution}; choose one of {RESOLUTIONS}")
 
 

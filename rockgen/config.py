@@ -92,9 +92,7 @@ def to_plain(value: Any) -> Any:
 class LatentConf:
     """Stage 2 (latent DDIM): the MLP over z-normalised z_sem, its diffusion, optimiser and EMA."""
 
-    net: dict = field(
-        default_factory=dict
-    )  # rockgen.models.LatentMLPConfig fields (num_channels = z_sem width)
+    net: dict = field(default_factory=dict)  # rockgen.models.LatentMLPConfig fields (num_channels = z_sem width)
     diffusion: DiffusionConf = field(
         default_factory=lambda: DiffusionConf(schedule="const", beta_const=0.008, loss="l1", clip_x0=False)
     )

@@ -89,9 +89,7 @@ def save_latents(path: str | Path, lat: Latents) -> tuple[Path, Path]:
     return path, npy
 
 
-def load_latents(
-    path: str | Path, expect_dim: int | None = None, expect_fingerprint: str | None = None
-) -> Latents:
+def load_latents(path: str | Path, expect_dim: int | None = None, expect_fingerprint: str | None = None) -> Latents:
     """Read a latents file with clear errors for a missing file, a wrong width or a different autoencoder."""
     path = Path(path)
     if not path.is_file():

@@ -24,9 +24,7 @@ def grid_array(images01: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     out = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad, 3), 255, np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
-        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = (
-            arr[i]
-        )
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = arr[i]
     return out
 
 

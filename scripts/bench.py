@@ -50,8 +50,13 @@ HEADERS = ("train img/s", "render img/s", "invert img/s", "encode img/s", "peak 
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 # Official DiffAE (phizaz/diffae) at its ffhq64_autoenc config = rock64, batch 8, 2 CPU threads, fp32, DDIM-20,
 # measured on this machine type (shared/ENVIRONMENT.md). Only used for the ratio rows.
-OFFICIAL_ROCK64 = {"train_img_s": 3.0, "render_img_s": 0.56, "invert_img_s": 0.52, "encode_img_s": 83.0,
-                   "peak_rss_gb": 3.9}
+OFFICIAL_ROCK64 = {
+    "train_img_s": 3.0,
+    "render_img_s": 0.56,
+    "invert_img_s": 0.52,
+    "encode_img_s": 83.0,
+    "peak_rss_gb": 3.9,
+}
 
 
 @dataclass(frozen=True)
@@ -241,9 +246,12 @@ def run_worker(spec: dict) -> dict:
             net.encoder, net.decoder = torch.compile(net.encoder), torch.compile(net.decoder)
     n_params = sum(p.numel() for p in model.model.parameters())
     size = model.image_size
-    _log(tag, f"{spec['preset']}: {n_params / 1e6:.2f} M params, {size} px, batch {batch}, {torch.get_num_threads()}"
-              f" threads, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
-              f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}")
+    _log(
+        tag,
+        f"{spec['preset']}: {n_params / 1e6:.2f} M params, {size} px, batch {batch}, {torch.get_num_threads()}"
+        f" threads, GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}",
+    )
 
     def autocast():
         if cfg.precision == "fp32":
@@ -251,8 +259,13 @@ def run_worker(spec: dict) -> dict:
         return torch.autocast(device.type, dtype=torch.bfloat16)
 
     x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
-    row: dict = {"config": cfg.name, **asdict(cfg), "params_m": round(n_params / 1e6, 2),
-                 "rss_after_build_gb": round(_rss_gb(), 3), "measured": {}}
+    row: dict = {
+        "config": cfg.name,
+        **asdict(cfg),
+        "params_m": round(n_params / 1e6, 2),
+        "rss_after_build_gb": round(_rss_gb(), 3),
+        "measured": {},
+    }
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -306,9 +319,17 @@ def machine_info(threads: int, device: str) -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    info = {"torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_model": cpu, "cpu_count": os.cpu_count(), "threads": threads, "device": device,
-            "mkldnn": torch.backends.mkldnn.is_available(), "glibc": "-".join(platform.libc_ver())}
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": device,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "glibc": "-".join(platform.libc_ver()),
+    }
     if device == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(0)
     return info
@@ -317,8 +338,16 @@ def machine_info(threads: int, device: str) -> dict:
 def run_config(cfg: Config, args, device: str) -> dict:
     """Measure one configuration in a fresh interpreter; its progress goes to our stderr."""
     load_before = wait_idle(args.wait_idle) if args.wait_idle > 0 else None
-    spec = {"config": asdict(cfg), "preset": args.preset, "batch": args.batch, "iters": args.iters, "T": args.T,
-            "threads": args.threads, "device": device, "only": args.only}
+    spec = {
+        "config": asdict(cfg),
+        "preset": args.preset,
+        "batch": args.batch,
+        "iters": args.iters,
+        "T": args.T,
+        "threads": args.threads,
+        "device": device,
+        "only": args.only,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec), "--worker-out", str(out)]
@@ -336,8 +365,14 @@ def summarize(rounds: list[dict], batch: int, stat: str) -> dict:
     """One configuration's row from its rounds: images/s from the pooled call times of all rounds (median or
     best call), medians of the other figures; each round's own row is kept under ``rounds``."""
     row = dict(rounds[-1])
-    for key in ("peak_rss_gb", "peak_rss_total_gb", "rss_after_build_gb", "peak_cuda_gb", "calib_conv_ms",
-                "other_load"):
+    for key in (
+        "peak_rss_gb",
+        "peak_rss_total_gb",
+        "rss_after_build_gb",
+        "peak_cuda_gb",
+        "calib_conv_ms",
+        "other_load",
+    ):
         values = [r[key] for r in rounds if r.get(key) is not None]
         if key in row:
             row[key] = round(statistics.median(values), 4) if values else None
@@ -355,8 +390,9 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
     extra = ("calib ms", "other load")
 
     def line(label: str, values) -> str:
-        return f"{label:<{width}}" + "".join(f"{v:>13.3g}" if isinstance(v, float | int) else f"{'-':>13}"
-                                             for v in values)
+        return f"{label:<{width}}" + "".join(
+            f"{v:>13.3g}" if isinstance(v, float | int) else f"{'-':>13}" for v in values
+        )
 
     lines = [f"{'config':<{width}}" + "".join(f"{h:>13}" for h in (*HEADERS, *extra))]
     lines += [line(r["config"], [r.get(c) for c in (*COLUMNS, "calib_conv_ms", "other_load")]) for r in rows]
@@ -364,9 +400,15 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
         lines.append(line("official DiffAE", [reference.get(c) for c in COLUMNS]))
         lines.append("x official (speed: ours / official; RSS: official / ours; > 1 = rockgen better):")
         for r in rows:
-            lines.append(line(r["config"], [
-                None if r.get(c) is None else reference[c] / r[c] if c == "peak_rss_gb" else r[c] / reference[c]
-                for c in COLUMNS]))
+            lines.append(
+                line(
+                    r["config"],
+                    [
+                        None if r.get(c) is None else reference[c] / r[c] if c == "peak_rss_gb" else r[c] / reference[c]
+                        for c in COLUMNS
+                    ],
+                )
+            )
     return "\n".join(lines)
 
 
@@ -381,18 +423,39 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
     p.add_argument("--channels-last", default="on", choices=("on", "off", "both"))
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (minutes of compiling)")
-    p.add_argument("--malloc-tunables", nargs="?", const="both", default="off", choices=("off", "both", "only"),
-                   help=f"rows with GLIBC_TUNABLES={MALLOC_TUNABLES} beside (both, the default when given) or "
-                        "instead of (only) the rows without")
-    p.add_argument("--omp-passive", nargs="?", const="both", default="off", choices=("off", "both", "only"),
-                   help="rows with OMP_WAIT_POLICY=PASSIVE beside (both) or instead of (only) the rows without")
+    p.add_argument(
+        "--malloc-tunables",
+        nargs="?",
+        const="both",
+        default="off",
+        choices=("off", "both", "only"),
+        help=f"rows with GLIBC_TUNABLES={MALLOC_TUNABLES} beside (both, the default when given) or "
+        "instead of (only) the rows without",
+    )
+    p.add_argument(
+        "--omp-passive",
+        nargs="?",
+        const="both",
+        default="off",
+        choices=("off", "both", "only"),
+        help="rows with OMP_WAIT_POLICY=PASSIVE beside (both) or instead of (only) the rows without",
+    )
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma list of train,render,invert,encode")
     p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved")
-    p.add_argument("--stat", default="median", choices=("median", "best"),
-                   help="images/s from the median or the fastest call of all rounds (best: least disturbed by "
-                        "other processes on a shared machine)")
-    p.add_argument("--wait-idle", type=float, default=0, metavar="S",
-                   help="before each config wait up to S s for other processes to use < 0.3 cores")
+    p.add_argument(
+        "--stat",
+        default="median",
+        choices=("median", "best"),
+        help="images/s from the median or the fastest call of all rounds (best: least disturbed by "
+        "other processes on a shared machine)",
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each config wait up to S s for other processes to use < 0.3 cores",
+    )
     p.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker")
     p.add_argument("--out", default=None, help="JSON path (default bench_results/<preset>_<timestamp>.json)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -424,18 +487,30 @@ def main(argv=None) -> dict:
     layouts = {"on": (True,), "off": (False,), "both": (True, False)}[args.channels_last]
     choice = {"off": (False,), "both": (False, True), "only": (True,)}
     tunables = choice[args.malloc_tunables] if device == "cpu" else (False,)  # glibc: host memory only
-    configs = [Config(prec, cl, comp, tun, omp) for omp in choice[args.omp_passive] for tun in tunables
-               for comp in choice["both" if args.compile else "off"] for cl in layouts for prec in args.precision]
+    configs = [
+        Config(prec, cl, comp, tun, omp)
+        for omp in choice[args.omp_passive]
+        for tun in tunables
+        for comp in choice["both" if args.compile else "off"]
+        for cl in layouts
+        for prec in args.precision
+    ]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"bench_results/{args.preset}_{stamp}.json")
-    print(f"benchmarking {args.preset}, batch {args.batch}, {args.iters} iters (+1 warm-up), DDIM T={args.T}, "
-          f"{args.threads} threads, {device}: {len(configs)} configs x {args.rounds} round(s) -> {out}",
-          file=sys.stderr, flush=True)
+    print(
+        f"benchmarking {args.preset}, batch {args.batch}, {args.iters} iters (+1 warm-up), DDIM T={args.T}, "
+        f"{args.threads} threads, {device}: {len(configs)} configs x {args.rounds} round(s) -> {out}",
+        file=sys.stderr,
+        flush=True,
+    )
     measured: dict[Config, list[dict]] = {c: [] for c in configs}
     for r in range(args.rounds):
         for i, cfg in enumerate(configs):
-            print(f"== round {r + 1}/{args.rounds}, config {i + 1}/{len(configs)}: {cfg.name}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"== round {r + 1}/{args.rounds}, config {i + 1}/{len(configs)}: {cfg.name}",
+                file=sys.stderr,
+                flush=True,
+            )
             measured[cfg].append(run_config(cfg, args, device))
     rows = [summarize(measured[c], args.batch, args.stat) for c in configs]
 
@@ -443,10 +518,23 @@ def main(argv=None) -> dict:
     reference = OFFICIAL_ROCK64 if official and device == "cpu" and args.T == 20 else None
     table = format_table(rows, reference)
     print(table)
-    result = {"preset": args.preset, "batch": args.batch, "iters": args.iters, "T": args.T, "rounds": args.rounds,
-              "stat": args.stat, "device": device, "measurements": args.only, "created": stamp,
-              "machine": machine_info(args.threads, device), "malloc_tunables": MALLOC_TUNABLES,
-              "reference_official": reference, "columns": list(COLUMNS), "rows": rows, "table": table}
+    result = {
+        "preset": args.preset,
+        "batch": args.batch,
+        "iters": args.iters,
+        "T": args.T,
+        "rounds": args.rounds,
+        "stat": args.stat,
+        "device": device,
+        "measurements": args.only,
+        "created": stamp,
+        "machine": machine_info(args.threads, device),
+        "malloc_tunables": MALLOC_TUNABLES,
+        "reference_official": reference,
+        "columns": list(COLUMNS),
+        "rows": rows,
+        "table": table,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}", file=sys.stderr)

@@ -65,8 +65,9 @@ def _autocast(precision: str):
 def sample_row(net_name: str, precision: str, chunk: int, shared_t: bool, args, conf: LatentConf) -> dict:
     torch.manual_seed(0)
     net = MLPSkipNet(LatentMLPConfig(**NETS[net_name])).eval().requires_grad_(False)
-    schedule = Schedule.from_config(conf.diffusion.schedule, conf.diffusion.num_timesteps,
-                                    const=conf.diffusion.beta_const)
+    schedule = Schedule.from_config(
+        conf.diffusion.schedule, conf.diffusion.num_timesteps, const=conf.diffusion.beta_const
+    )
     d = net.cfg.num_channels
     n = min(chunk, args.codes)
     noise = torch.randn(n, d)
@@ -81,17 +82,26 @@ def sample_row(net_name: str, precision: str, chunk: int, shared_t: bool, args, 
     finally:
         latent_mlp.SHARE_TIMESTEP = True
     per_code = statistics.median(times) / n
-    return {"what": "sample", "net": net_name, "precision": precision, "batch": n,
-            "mode": "shared t" if shared_t else "per-row t", "times_s": times, "codes_s": 1.0 / per_code,
-            f"seconds_for_{args.codes}": per_code * args.codes, "extrapolated": n < args.codes}
+    return {
+        "what": "sample",
+        "net": net_name,
+        "precision": precision,
+        "batch": n,
+        "mode": "shared t" if shared_t else "per-row t",
+        "times_s": times,
+        "codes_s": 1.0 / per_code,
+        f"seconds_for_{args.codes}": per_code * args.codes,
+        "extrapolated": n < args.codes,
+    }
 
 
 def train_row(net_name: str, precision: str, args, conf: LatentConf) -> dict:
     torch.manual_seed(0)
     net = MLPSkipNet(LatentMLPConfig(**NETS[net_name])).train()
     ema = copy.deepcopy(net).requires_grad_(False)
-    schedule = Schedule.from_config(conf.diffusion.schedule, conf.diffusion.num_timesteps,
-                                    const=conf.diffusion.beta_const)
+    schedule = Schedule.from_config(
+        conf.diffusion.schedule, conf.diffusion.num_timesteps, const=conf.diffusion.beta_const
+    )
     opt = build_optimizer(net.parameters(), conf.optim)["optimizer"]
     z = torch.randn(args.train_batch, net.cfg.num_channels)
 
@@ -104,13 +114,22 @@ def train_row(net_name: str, precision: str, args, conf: LatentConf) -> dict:
         ema_update_module_(ema, net, conf.ema.decay)
 
     times = _timed(step, args.iters)
-    return {"what": "train", "net": net_name, "precision": precision, "batch": args.train_batch, "mode": "",
-            "times_s": times, "codes_s": args.train_batch / statistics.median(times)}
+    return {
+        "what": "train",
+        "net": net_name,
+        "precision": precision,
+        "batch": args.train_batch,
+        "mode": "",
+        "times_s": times,
+        "codes_s": args.train_batch / statistics.median(times),
+    }
 
 
 def format_table(rows: list[dict], codes: int) -> str:
-    lines = [f"{'what':7} {'net':9} {'prec':5} {'batch':>6} {'mode':10} {'codes/s':>11} "
-             f"{'s/' + str(codes) + ' codes':>14} {'vs target':>10}"]
+    lines = [
+        f"{'what':7} {'net':9} {'prec':5} {'batch':>6} {'mode':10} {'codes/s':>11} "
+        f"{'s/' + str(codes) + ' codes':>14} {'vs target':>10}"
+    ]
     for r in rows:
         if r["what"] == "sample":
             secs = r[f"seconds_for_{codes}"]
@@ -120,12 +139,16 @@ def format_table(rows: list[dict], codes: int) -> str:
         else:
             s, ratio = f"{'':14}", f"{r['codes_s'] / TRAIN_TARGET_CODES_S:9.2f}x"
             rel = ""
-        lines.append(f"{r['what']:7} {r['net']:9} {r['precision']:5} {r['batch']:6d} {r['mode']:10} "
-                     f"{r['codes_s']:11.1f} {s} {ratio}{rel}")
-    lines.append(f"targets (issue #3): sample {codes} codes at T_latent=20 in < {SAMPLE_TARGET_S:.0f} s; train "
-                 f">= {TRAIN_TARGET_CODES_S:.0f} codes/s at batch 256. 'vs target' > 1 meets it. "
-                 f"official: {OFFICIAL_SAMPLE_CODES_S:.0f} codes/s sampling at batch 8. "
-                 "* = extrapolated from one chunk")
+        lines.append(
+            f"{r['what']:7} {r['net']:9} {r['precision']:5} {r['batch']:6d} {r['mode']:10} "
+            f"{r['codes_s']:11.1f} {s} {ratio}{rel}"
+        )
+    lines.append(
+        f"targets (issue #3): sample {codes} codes at T_latent=20 in < {SAMPLE_TARGET_S:.0f} s; train "
+        f">= {TRAIN_TARGET_CODES_S:.0f} codes/s at batch 256. 'vs target' > 1 meets it. "
+        f"official: {OFFICIAL_SAMPLE_CODES_S:.0f} codes/s sampling at batch 8. "
+        "* = extrapolated from one chunk"
+    )
     return "\n".join(lines)
 
 
@@ -134,11 +157,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nets", default="official,demo", help=f"comma list of {','.join(NETS)}")
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32,bf16 (bf16 = CPU autocast)")
     p.add_argument("--codes", type=int, default=10_000, help="codes to sample (the issue's 10,000)")
-    p.add_argument("--chunks", default="8,10000",
-                   help="sampling batch sizes; chunks above --codes are capped at it. The official net is "
-                        "measured on one chunk of at most --official-chunk codes and extrapolated")
-    p.add_argument("--official-chunk", type=int, default=1024,
-                   help="largest chunk for the official-size net (10,000 codes x 20 steps is ~22 TFLOP)")
+    p.add_argument(
+        "--chunks",
+        default="8,10000",
+        help="sampling batch sizes; chunks above --codes are capped at it. The official net is "
+        "measured on one chunk of at most --official-chunk codes and extrapolated",
+    )
+    p.add_argument(
+        "--official-chunk",
+        type=int,
+        default=1024,
+        help="largest chunk for the official-size net (10,000 codes x 20 steps is ~22 TFLOP)",
+    )
     p.add_argument("--T", type=int, default=20, help="latent DDIM steps")
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--iters", type=int, default=3, help="timed calls per row (after one warm-up call)")
@@ -176,8 +206,15 @@ def main(argv=None) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("bench_results") / f"latent_{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"created": stamp, "args": {k: str(v) for k, v in vars(args).items()}, "torch": torch.__version__,
-              "threads": args.threads, "cpu_count": os.cpu_count(), "rows": rows, "table": table}
+    result = {
+        "created": stamp,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+        "table": table,
+    }
     out.write_text(json.dumps(result, indent=2))
     print(f"JSON: {out}", file=sys.stderr)
     return result

@@ -10,9 +10,24 @@ import pytest
 from conftest import ROOT
 
 ROW_FIELDS = (
-    "config", "precision", "channels_last", "compile", "malloc_tunables", "omp_passive", "params_m",
-    "rss_after_build_gb", "peak_rss_gb", "peak_rss_total_gb", "train_img_s", "render_img_s", "invert_img_s",
-    "encode_img_s", "calib_conv_ms", "other_load", "wall_s", "measured",
+    "config",
+    "precision",
+    "channels_last",
+    "compile",
+    "malloc_tunables",
+    "omp_passive",
+    "params_m",
+    "rss_after_build_gb",
+    "peak_rss_gb",
+    "peak_rss_total_gb",
+    "train_img_s",
+    "render_img_s",
+    "invert_img_s",
+    "encode_img_s",
+    "calib_conv_ms",
+    "other_load",
+    "wall_s",
+    "measured",
 )
 
 
@@ -20,8 +35,24 @@ ROW_FIELDS = (
 def test_bench_demo_writes_every_row_and_field(tmp_path):
     out = tmp_path / "bench.json"
     # One thread: on a busy shared machine two OpenMP threads can stall each other on every small op.
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "--preset", "demo", "--batch", "2", "--iters", "1",
-           "--T", "2", "--threads", "1", "--precision", "fp32,bf16", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench.py"),
+        "--preset",
+        "demo",
+        "--batch",
+        "2",
+        "--iters",
+        "1",
+        "--T",
+        "2",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32,bf16",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train step: 1/1" in proc.stderr  # per-iteration progress reaches the user
@@ -49,14 +80,37 @@ def test_bench_demo_writes_every_row_and_field(tmp_path):
 
 def test_bench_latent_rows_and_json(tmp_path):
     out = tmp_path / "latent.json"
-    cmd = [sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "demo", "--codes", "32",
-           "--chunks", "8,32", "--T", "3", "--train-batch", "16", "--iters", "1", "--threads", "1",
-           "--precision", "fp32", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "scripts" / "bench_latent.py"),
+        "--nets",
+        "demo",
+        "--codes",
+        "32",
+        "--chunks",
+        "8,32",
+        "--T",
+        "3",
+        "--train-batch",
+        "16",
+        "--iters",
+        "1",
+        "--threads",
+        "1",
+        "--precision",
+        "fp32",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["what"], r["batch"], r["mode"]) for r in rows] == [
-        ("sample", 8, "shared t"), ("sample", 32, "shared t"), ("sample", 32, "per-row t"), ("train", 16, "")]
+        ("sample", 8, "shared t"),
+        ("sample", 32, "shared t"),
+        ("sample", 32, "per-row t"),
+        ("train", 16, ""),
+    ]
     for r in rows:
         assert len(r["times_s"]) == 1 and r["codes_s"] > 0
     assert rows[0]["extrapolated"] and not rows[1]["extrapolated"]
@@ -64,6 +118,11 @@ def test_bench_latent_rows_and_json(tmp_path):
 
 
 def test_bench_latent_rejects_unknown_net(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "huge"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "huge"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "unknown net 'huge'" in proc.stderr

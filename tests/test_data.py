@@ -53,9 +53,7 @@ def write_rgb16_tiff(path: Path, arr: np.ndarray) -> Path:
     data_at = bps_at + 6
 
     def entry(tag, typ, value):
-        return (
-            struct.pack("<HHIHH", tag, 3, 1, value, 0) if typ == 3 else struct.pack("<HHII", tag, 4, 1, value)
-        )
+        return struct.pack("<HHIHH", tag, 3, 1, value, 0) if typ == 3 else struct.pack("<HHII", tag, 4, 1, value)
 
     entries = [entry(256, 4, w), entry(257, 4, h), struct.pack("<HHII", 258, 3, 3, bps_at), entry(259, 3, 1)]
     entries += [entry(262, 3, 2), entry(273, 4, data_at), entry(277, 3, 3), entry(278, 4, h)]
@@ -136,9 +134,7 @@ def test_float_and_16bit_rgb_tiffs(tmp_path):
     stretched = load_rgb(tmp_path / "rgb16.tif", rescale="minmax")  # then applied to the 8-bit values
     assert stretched.tolist() == [[[0, 255, 128], [3, 195, 1]]]
     arr2 = np.array([[[1000, 2000, 3000]]], np.uint16)
-    assert load_rgb(write_rgb16_tiff(tmp_path / "b.tif", arr2), rescale="minmax").tolist() == [
-        [[0, 128, 255]]
-    ]
+    assert load_rgb(write_rgb16_tiff(tmp_path / "b.tif", arr2), rescale="minmax").tolist() == [[[0, 128, 255]]]
 
 
 def test_unreadable_file_raises_image_read_error(tmp_path):
@@ -199,9 +195,7 @@ def test_grid_tiles_are_the_centred_non_overlapping_windows(tmp_path):
         assert (left, top) == (1 + (i % 4) * 32, 3 + (i // 4) * 32)
         item = ds[i]
         assert item["index"] == i and item["source"] == 0
-        want = (
-            torch.from_numpy(expected[top:bottom, left:right].transpose(2, 0, 1).copy()).float() / 127.5 - 1
-        )
+        want = torch.from_numpy(expected[top:bottom, left:right].transpose(2, 0, 1).copy()).float() / 127.5 - 1
         assert torch.equal(item["img"], want)
 
 

@@ -57,15 +57,11 @@ def test_classes_are_told_apart_by_trivial_statistics():
 
 
 def test_write_demo_dataset_layout_manifest_and_cache(tmp_path):
-    out = write_demo_dataset(
-        tmp_path / "demo", num_per_class=3, size=32, seed=7, classes=["gravel", "layered"]
-    )
+    out = write_demo_dataset(tmp_path / "demo", num_per_class=3, size=32, seed=7, classes=["gravel", "layered"])
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert files == [f"{k}/{k}_{i:04d}.png" for k in ("gravel", "layered") for i in range(3)]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert (
-        manifest["seed"] == 7 and manifest["size"] == 32 and manifest["counts"] == {"gravel": 3, "layered": 3}
-    )
+    assert manifest["seed"] == 7 and manifest["size"] == 32 and manifest["counts"] == {"gravel": 3, "layered": 3}
     assert "version" in manifest and len(manifest["pixel_sha256"]) == 64
     assert np.array_equal(
         np.asarray(Image.open(out / "gravel/gravel_0001.png")), generate_demo_tiles("gravel", 2, 32, 7)[1]

@@ -51,9 +51,7 @@ def test_q_sample_closed_form_and_x0_round_trip():
     t = torch.tensor([0, 10, 500, 999])
     xt = q_sample(sched, x0, t, eps)
     abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[t.numpy()]
-    ref = (
-        np.sqrt(abar)[:, None, None, None] * x0.numpy() + np.sqrt(1 - abar)[:, None, None, None] * eps.numpy()
-    )
+    ref = np.sqrt(abar)[:, None, None, None] * x0.numpy() + np.sqrt(1 - abar)[:, None, None, None] * eps.numpy()
     np.testing.assert_allclose(xt.numpy(), ref, rtol=1e-12)
     a = sched.abar(t, x0)
     torch.testing.assert_close(x0_from_eps(a, xt, eps), x0)

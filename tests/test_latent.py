@@ -148,9 +148,7 @@ def test_generate_from_autoencoder_is_a_clear_error(pipeline, tmp_path):
 
 def test_infer_latents_rejects_a_non_autoencoder_checkpoint(tmp_path):
     bad = tmp_path / "x.ckpt"
-    torch.save(
-        {"state_dict": {}, "hyper_parameters": {}, "rockgen_class": "rockgen.lit.common:RockgenModule"}, bad
-    )
+    torch.save({"state_dict": {}, "hyper_parameters": {}, "rockgen_class": "rockgen.lit.common:RockgenModule"}, bad)
     with pytest.raises(CheckpointError, match="autoencoder"):
         infer_latents(compose_config(["task=infer_latents", f"ckpt_path={bad}"], tmp_path))
 
@@ -166,9 +164,7 @@ def test_mismatched_latents_file_is_a_clear_error(pipeline, tmp_path):
         fingerprint=lat.fingerprint,
     )
     save_latents(tmp_path / "wrong_dim.pt", wrong)
-    other = Latents(
-        z=lat.z, paths=lat.paths, labels=lat.labels, mean=lat.mean, std=lat.std, fingerprint="0" * 16
-    )
+    other = Latents(z=lat.z, paths=lat.paths, labels=lat.labels, mean=lat.mean, std=lat.std, fingerprint="0" * 16)
     save_latents(tmp_path / "other_ae.pt", other)
     for name, match in (
         ("wrong_dim.pt", "7-d"),

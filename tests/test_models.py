@@ -51,9 +51,7 @@ TINY_UNET = dict(
     cond_channels=64,
     embed_channels=64,
 )
-TINY_ENC = dict(
-    image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,), out_channels=64
-)
+TINY_ENC = dict(image_size=32, model_channels=32, channel_mult=(1, 2), attention_resolutions=(16,), out_channels=64)
 
 
 @pytest.fixture(autouse=True)

@@ -109,9 +109,7 @@ def test_ddpm_samples_have_the_data_moments():
     sched = Schedule.from_config("linear")
     gen = torch.Generator().manual_seed(3)
     x_T = torch.randn(20000, dtype=torch.float64, generator=gen)
-    x0 = ddpm_sample(
-        gaussian_eps_model(sched), x_T, sched, variance="fixed_small", clip_x0=False, generator=gen
-    )
+    x0 = ddpm_sample(gaussian_eps_model(sched), x_T, sched, variance="fixed_small", clip_x0=False, generator=gen)
     assert x0.mean().item() == pytest.approx(MU, abs=0.02)
     assert x0.std().item() == pytest.approx(S, rel=0.05)
 

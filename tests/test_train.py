@@ -62,9 +62,7 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, tiny_overrides):
 
 def test_checkpoint_api_encode_invert_render(trained):
     run_dir, _ = trained
-    model = LitModel.load_from_checkpoint(
-        run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True
-    )
+    model = LitModel.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     z = model.encode(x)
     assert z.shape == (2, 128)

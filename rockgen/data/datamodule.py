@@ -102,9 +102,7 @@ class TileDataModule(pl.LightningDataModule):
         if crop not in CROPS:
             raise ValueError(f"data.crop must be one of {CROPS}, got {crop!r}")
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ValueError(
-                f"data.batch_size / data.val_batch_size must be >= 1, got {batch_size}/{val_batch_size}"
-            )
+            raise ValueError(f"data.batch_size / data.val_batch_size must be >= 1, got {batch_size}/{val_batch_size}")
         self.root = None if root is None else str(root)
         self.demo_dir = str(demo_dir)
         self.demo_num_per_class = int(demo_num_per_class)

@@ -71,9 +71,7 @@ def value_noise(rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float) -> np.nda
     return _lattice_sample(lat, yy / cell + off[0], xx / cell + off[1])
 
 
-def fbm(
-    rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float, octaves: int = 4, gain: float = 0.5
-) -> np.ndarray:
+def fbm(rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float, octaves: int = 4, gain: float = 0.5) -> np.ndarray:
     """Fractal sum of ``octaves`` value-noise layers (cell halves each octave), normalised to [0, 1]."""
     total, amp, norm = np.zeros_like(yy), 1.0, 0.0
     for _ in range(octaves):
@@ -114,9 +112,7 @@ def hillshade(height: np.ndarray, light: tuple[float, float], elevation: float =
     return np.clip(shade / lz, 0.0, 1.6)
 
 
-def cast_shadow(
-    height: np.ndarray, light: tuple[float, float], steps: int = 6, slope: float = 0.8
-) -> np.ndarray:
+def cast_shadow(height: np.ndarray, light: tuple[float, float], steps: int = 6, slope: float = 0.8) -> np.ndarray:
     """Soft cast-shadow factor in [0.55, 1]: a pixel is shaded when the height towards the light rises above a
     ray of the given slope (integer pixel steps along ``light``)."""
     h, w = height.shape
@@ -177,9 +173,7 @@ STONE_COLOURS = _rgb("8a8580", "a39a8c", "6e6a66", "b5aa98", "8c7560", "9e8a78",
 MATRIX_COLOURS = _rgb("a08c70", "8f7d66", "b09a7a", "7f7060")
 BED_COLOURS = _rgb("c9b48f", "6f6a66", "9a8a78", "d4cbbd", "a0614a", "857a6a", "b8a27e", "57524f")
 MASSIVE_COLOURS = _rgb("b9b2a8", "c8bba6", "a8a39d", "bfae9c", "9e9a92")
-GRAVEL_COLOURS = _rgb(
-    "8d8a86", "a49c90", "6c6965", "b7ad9f", "8f7866", "5a5753", "c9c0b2", "9a8f80", "7a5f50"
-)
+GRAVEL_COLOURS = _rgb("8d8a86", "a49c90", "6c6965", "b7ad9f", "8f7866", "5a5753", "c9c0b2", "9a8f80", "7a5f50")
 FELDSPAR = _rgb("d9a89a", "e3c4b5", "c98f7f", "ece4dc")
 QUARTZ = _rgb("a9a8a6", "bdbcb8", "8f8e8c")
 BIOTITE = _rgb("242220", "35312c", "1b1a19")

@@ -93,8 +93,7 @@ def probe_images(
         raise NoImagesFoundError(f"all {len(bad)} image files are unreadable:\n{_describe_bad(bad)}")
     if bad:
         warnings.warn(
-            f"skipped {len(bad)} unreadable image file(s) of {len(paths)} (strict=False):\n"
-            + _describe_bad(bad),
+            f"skipped {len(bad)} unreadable image file(s) of {len(paths)} (strict=False):\n" + _describe_bad(bad),
             CorruptImageWarning,
             stacklevel=2,
         )

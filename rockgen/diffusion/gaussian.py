@@ -47,9 +47,7 @@ def to_eps_and_x0(
     raise ValueError(f"unknown prediction {prediction!r} (diffusion.prediction); choose one of {PREDICTIONS}")
 
 
-def training_target(
-    prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor
-) -> torch.Tensor:
+def training_target(prediction: str, x0: torch.Tensor, noise: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
     """The regression target of the network for the given parameterisation."""
     if prediction == "eps":
         return noise

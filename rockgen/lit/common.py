@@ -53,9 +53,7 @@ def check_images(x: Any, image_size: int, where: str) -> None:
         )
     lo, hi = float(x.min()), float(x.max())
     if lo < -1.01 or hi > 1.01:
-        raise ValueError(
-            f"{where}: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (from [0, 1] use x * 2 - 1)"
-        )
+        raise ValueError(f"{where}: values must be in [-1, 1], got [{lo:.3g}, {hi:.3g}] (from [0, 1] use x * 2 - 1)")
 
 
 def check_finite_loss(module: pl.LightningModule, loss: torch.Tensor) -> None:

@@ -16,13 +16,9 @@ def load_autoencoder_and_latents(module) -> None:
     """
     conf = module.latent_conf
     if not conf.autoenc_ckpt:
-        raise ValueError(
-            "model.latent.autoenc_ckpt is not set: point it at the trained autoencoder checkpoint"
-        )
+        raise ValueError("model.latent.autoenc_ckpt is not set: point it at the trained autoencoder checkpoint")
     if not conf.latents_path:
-        raise ValueError(
-            "model.latent.latents_path is not set: run task=infer_latents on the autoencoder first"
-        )
+        raise ValueError("model.latent.latents_path is not set: run task=infer_latents on the autoencoder first")
     ckpt = read_checkpoint(conf.autoenc_ckpt)
     hp = ckpt.get("hyper_parameters", {})
     for key in ("unet", "encoder"):
@@ -38,9 +34,7 @@ def load_autoencoder_and_latents(module) -> None:
             )
     state = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(_AUTOENC_PREFIXES)}
     if not state:
-        raise ValueError(
-            f"{conf.autoenc_ckpt} holds no DiffAE encoder/decoder weights (not an autoencoder checkpoint)"
-        )
+        raise ValueError(f"{conf.autoenc_ckpt} holds no DiffAE encoder/decoder weights (not an autoencoder checkpoint)")
     result = module.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k.startswith(_AUTOENC_PREFIXES)]
     if missing:

@@ -50,9 +50,7 @@ class AutoencStage:
         x0 = batch["img"].to(memory_format=module.memory_format)
         d = module.diffusion_conf
         cond = module.model.encoder(x0)  # the encoder sees the clean image and is trained by the same loss
-        per, out, x_t, abar = diffusion_loss(
-            d, module.schedule, lambda x, t: module.model.decoder(x, t, cond=cond), x0
-        )
+        per, out, x_t, abar = diffusion_loss(d, module.schedule, lambda x, t: module.model.decoder(x, t, cond=cond), x0)
         loss = per.mean()
         logs = {"train/diffusion_loss": loss.detach()}
         if module._lpips is not None:
@@ -136,9 +134,7 @@ class LatentStage:
             )
             path = run_dir_of(module) / "images" / f"samples_step{module.global_step:07d}.png"
             save_grid(images, path, nrow=int(n**0.5 + 0.999))
-            log_image_file(
-                module, "val/samples", path, caption=f"unconditional samples, step {module.global_step}"
-            )
+            log_image_file(module, "val/samples", path, caption=f"unconditional samples, step {module.global_step}")
 
 
 STAGES = {"autoenc": AutoencStage, "latent": LatentStage}

@@ -41,9 +41,7 @@ def build_fid(
     Raises ImportError without torch-fidelity, MissingWeightsError without the Inception file.
     """
     if feature is not None:
-        return FrechetInceptionDistance(
-            feature=feature, normalize=True, reset_real_features=reset_real_features
-        )
+        return FrechetInceptionDistance(feature=feature, normalize=True, reset_real_features=reset_real_features)
     if not torch_fidelity_installed():
         raise ImportError(
             "Inception FID needs the torch-fidelity package (`pip install torch-fidelity`) and the file "

@@ -93,9 +93,7 @@ class LPIPSMetric(Metric):
 
     def __init__(self, net: str = "alex", **kwargs):
         super().__init__(**kwargs)
-        object.__setattr__(
-            self, "_net", build_lpips(net, require=True)
-        )  # not registered: see class docstring
+        object.__setattr__(self, "_net", build_lpips(net, require=True))  # not registered: see class docstring
         self.add_state("score_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
 
@@ -129,9 +127,7 @@ class ReconstructionMetrics(nn.Module):
     def __init__(self, lpips: bool | None = None, lpips_net: str = "alex"):
         super().__init__()
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3))  # dim => per-image PSNR
-        self.ssim = StructuralSimilarityIndexMeasure(
-            gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0
-        )
+        self.ssim = StructuralSimilarityIndexMeasure(gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0)
         use_lpips = lpips_available(lpips_net) if lpips is None else lpips
         if lpips is None and not use_lpips:
             _warn_missing_once(_backbone(lpips_net), "LPIPS is left out of the reconstruction metrics.")

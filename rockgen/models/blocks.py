@@ -114,9 +114,7 @@ class ResBlock(nn.Module):
         if up and down:
             raise ValueError("ResBlock: up and down are mutually exclusive")
         if emb_channels is None and cond_channels is not None:
-            raise ValueError(
-                "ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)"
-            )
+            raise ValueError("ResBlock: cond_channels needs emb_channels (z_sem modulates the time-conditioned path)")
         self.up, self.down = up, down
         self.dropout = dropout
         self.in_layers = nn.Sequential(
@@ -134,9 +132,7 @@ class ResBlock(nn.Module):
                 # Zero init: each residual branch starts as the identity (DiffAE found it helps training).
                 zero_module(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
             )
-        self.skip_connection = (
-            nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
-        )
+        self.skip_connection = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
         """SiLU(GN(x)), average-pooled in a down block: the input of the first conv."""
@@ -303,9 +299,7 @@ def build_down_path(
             blocks.append(CondSequential(*layers))
             widths.append(ch)
         if level != len(channel_mult) - 1:
-            blocks.append(
-                CondSequential(make_block(ch, ch, down=True) if resblock_updown else Downsample(ch))
-            )
+            blocks.append(CondSequential(make_block(ch, ch, down=True) if resblock_updown else Downsample(ch)))
             widths.append(ch)
             resolution //= 2
     return blocks, widths, ch

@@ -48,9 +48,7 @@ class SemanticEncoder(nn.Module):
         super().__init__()
         cfg = to_config(cfg, EncoderConfig)
         mult, attn = as_tuple(cfg.channel_mult), as_tuple(cfg.attention_resolutions)
-        check_ladder(
-            "EncoderConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads
-        )
+        check_ladder("EncoderConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads)
         for name in ("in_channels", "out_channels"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(cfg, name)}")

@@ -54,9 +54,7 @@ class MLPLNAct(nn.Module):
     ):
         super().__init__()
         self.linear = nn.Linear(in_channels, out_channels)
-        self.cond_layers = (
-            nn.Sequential(nn.SiLU(), nn.Linear(cond_channels, out_channels)) if cond_channels else None
-        )
+        self.cond_layers = nn.Sequential(nn.SiLU(), nn.Linear(cond_channels, out_channels)) if cond_channels else None
         self.norm = nn.LayerNorm(out_channels) if use_norm else nn.Identity()
         self.act = nn.SiLU() if activation else nn.Identity()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -90,9 +88,7 @@ class MLPSkipNet(nn.Module):
             raise ValueError(f"LatentMLPConfig.dropout must be in [0, 1), got {cfg.dropout}")
         skips = range(1, cfg.num_layers) if cfg.skip_layers is None else as_tuple(cfg.skip_layers)
         if any(not 0 <= i < cfg.num_layers for i in skips):
-            raise ValueError(
-                f"LatentMLPConfig.skip_layers must be in [0, {cfg.num_layers}), got {list(skips)}"
-            )
+            raise ValueError(f"LatentMLPConfig.skip_layers must be in [0, {cfg.num_layers}), got {list(skips)}")
         self.cfg = replace(cfg, skip_layers=None if cfg.skip_layers is None else tuple(skips))
         self.skip = tuple(i in set(skips) for i in range(cfg.num_layers))
 

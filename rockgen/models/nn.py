@@ -25,9 +25,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     """
     half = dim // 2
     # Always float32: under bf16 autocast, t up to 999 times the largest frequency would lose the phase.
-    freqs = torch.exp(
-        torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(max_period) / half)
-    )
+    freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(max_period) / half))
     args = t.to(torch.float32)[:, None] * freqs[None, :]  # (B, half)
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, 2*half)
     if dim % 2:
@@ -52,9 +50,7 @@ class GroupNorm32(nn.GroupNorm):
             return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
         if x.dtype == self.weight.dtype or cpu_mixed:
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
-        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(
-            x.dtype
-        )
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
 
 def zero_module(module: nn.Module) -> nn.Module:
@@ -102,18 +98,14 @@ def check_ladder(
     for res in attention_resolutions:
         # The official code silently ignores an unreachable resolution; here it is almost surely a typo.
         if res not in resolutions:
-            raise ValueError(
-                f"{name}.attention_resolutions contains {res}, not one of the levels {resolutions}"
-            )
+            raise ValueError(f"{name}.attention_resolutions contains {res}, not one of the levels {resolutions}")
     if num_heads < 1:
         raise ValueError(f"{name}.num_heads must be >= 1, got {num_heads}")
     for level, (res, mult) in enumerate(zip(resolutions, channel_mult, strict=True)):
         # The middle block always has attention at the last level's width.
         has_attention = res in attention_resolutions or level == levels - 1
         if has_attention and (model_channels * mult) % num_heads:
-            raise ValueError(
-                f"{name}.num_heads={num_heads} must divide the attention width {model_channels * mult}"
-            )
+            raise ValueError(f"{name}.num_heads={num_heads} must divide the attention width {model_channels * mult}")
 
 
 def to_config(cfg, cls):

@@ -70,9 +70,7 @@ class UNetConfig:
         4,
         8,
     )  # width = model_channels·mult per level, level l at image_size/2^l
-    num_res_blocks: int = (
-        2  # per level on the way down; the way up has one more (it also eats the down block)
-    )
+    num_res_blocks: int = 2  # per level on the way down; the way up has one more (it also eats the down block)
     attention_resolutions: Sequence[int] = (16,)  # resolutions (pixels, not levels) with self-attention
     dropout: float = 0.1  # in every decoder ResBlock's out_layers (official 0.1)
     embed_channels: int = 512  # time-embedding width fed to each ResBlock
@@ -89,9 +87,7 @@ class ConditionalUNet(nn.Module):
         super().__init__()
         cfg = to_config(cfg, UNetConfig)
         mult, attn = as_tuple(cfg.channel_mult), as_tuple(cfg.attention_resolutions)
-        check_ladder(
-            "UNetConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads
-        )
+        check_ladder("UNetConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads)
         for name in ("in_channels", "out_channels", "embed_channels"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(cfg, name)}")
@@ -138,17 +134,13 @@ class ConditionalUNet(nn.Module):
                 self.output_blocks.append(CondSequential(*layers))
         assert not widths, "every lateral must be consumed exactly once"
 
-        self.out = nn.Sequential(
-            GroupNorm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
-        )
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W), t (B,) long/float original 1000-step index, cond z_sem (B, cond_channels) -> ε̂."""
         if self.cfg.cond_channels is None:
             if cond is not None:
-                raise ValueError(
-                    "ConditionalUNet: cond given, but the net is unconditional (cond_channels=None)"
-                )
+                raise ValueError("ConditionalUNet: cond given, but the net is unconditional (cond_channels=None)")
         elif cond is None:
             raise ValueError(
                 f"ConditionalUNet: z_sem cond (B, {self.cfg.cond_channels}) is required (cond_channels set)"

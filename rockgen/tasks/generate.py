@@ -78,9 +78,7 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
     grid = np.full((nrow * (size + 2) + 2, ncol * (size + 2) + 2, 3), 255, np.uint8)
     for k, c in enumerate(cells):
         r, q = divmod(k, ncol)
-        grid[
-            2 + r * (size + 2) : 2 + r * (size + 2) + size, 2 + q * (size + 2) : 2 + q * (size + 2) + size
-        ] = c
+        grid[2 + r * (size + 2) : 2 + r * (size + 2) + size, 2 + q * (size + 2) : 2 + q * (size + 2) + size] = c
     Image.fromarray(grid).save(path)
     return path
 
@@ -88,17 +86,13 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
 def generate(cfg: DictConfig) -> dict[str, Any]:
     """Write ``num_samples`` PNGs to ``<run_dir>/samples`` and ``grid.png`` beside them."""
     if not cfg.ckpt_path:
-        raise ValueError(
-            "task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)"
-        )
+        raise ValueError("task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)")
     if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
     model = load_checkpoint_module(cfg.ckpt_path)
     if not hasattr(model, "sample"):
         raise ValueError(f"{cfg.ckpt_path} holds a {type(model).__name__}, which cannot sample")
-    if getattr(model, "has_latent", True) is False or (
-        hasattr(model, "latent_ready") and not model.latent_ready
-    ):
+    if getattr(model, "has_latent", True) is False or (hasattr(model, "latent_ready") and not model.latent_ready):
         raise ValueError(
             f"{cfg.ckpt_path} is an autoencoder-only DiffAE checkpoint: train the latent DDIM "
             "(template=<res>_latent or scripts/pipeline.sh) and generate from that checkpoint"
@@ -124,9 +118,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         max_steps=-1,
         use_distributed_sampler=False,
     )
-    trainer.predict(
-        writer, datamodule=_Batches(int(cfg.num_samples), int(cfg.batch_size)), return_predictions=False
-    )
+    trainer.predict(writer, datamodule=_Batches(int(cfg.num_samples), int(cfg.batch_size)), return_predictions=False)
     manifest = {
         "num_samples": int(cfg.num_samples),
         "checkpoint": str(cfg.ckpt_path),
@@ -135,7 +127,5 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         (run_dir / "samples.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        print(
-            f"Wrote {cfg.num_samples} samples to {out_dir} and a grid to {run_dir / 'grid.png'}", flush=True
-        )
+        print(f"Wrote {cfg.num_samples} samples to {out_dir} and a grid to {run_dir / 'grid.png'}", flush=True)
     return {"run_dir": run_dir, "samples_dir": out_dir, "grid": run_dir / "grid.png"}
