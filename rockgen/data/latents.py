@@ -2,26 +2,37 @@
 
 from __future__ import annotations
 
+import os
+
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from rockgen.data.datamodule import split_global_batch
+from rockgen.data.sampler import EpochSampler, ResumableLoader
 from rockgen.latents import Latents, load_latents
 
 
 class LatentDataModule(pl.LightningDataModule):
     """Codes z (N, D) from ``task=infer_latents``; batches are dicts ``{"z": (B, D)}`` of raw (unnormalised) z.
 
-    Whole batches are drawn by one fancy-indexing op (a BatchSampler as sampler), not by collating B rows:
-    at batch 256 the per-row collate would cost more than the latent network's step.
+    Whole batches are drawn by one fancy-indexing op (``__getitems__``), not by collating B rows: at batch 256
+    the per-row collate would cost more than the latent network's step. The training order is the tiles'
+    ``EpochSampler``: a function of (seed, epoch) only, sharded over DDP ranks, and resumed mid-epoch from the
+    loader state in the checkpoint, so an interrupted-and-resumed run sees the batches of an uninterrupted one.
     A deterministic ``val_fraction`` of the rows (every k-th) is held out for the validation loss.
     """
 
     def __init__(
-        self, latents_path: str, batch_size: int = 256, val_fraction: float = 0.05, num_workers: int = 0
+        self,
+        latents_path: str,
+        batch_size: int = 256,
+        val_fraction: float = 0.05,
+        num_workers: int = 0,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.shuffle_seed = shuffle_seed  # None: the run's seed (PL_GLOBAL_SEED)
         self.latents_path = latents_path
         self.batch_size = int(batch_size)
         self.val_fraction = float(val_fraction)
@@ -37,33 +48,68 @@ class LatentDataModule(pl.LightningDataModule):
         every = max(2, round(1 / self.val_fraction)) if self.val_fraction > 0 else n + 1
         is_val = torch.arange(n) % every == every - 1
         self.train_z, self.val_z = self.latents.z[~is_val], self.latents.z[is_val]
-        if len(self.train_z) < self.per_rank_batch_size:
+        if len(self.train_z) < self.batch_size:
             raise ValueError(
-                f"{self.latents_path} has {len(self.train_z)} training codes, fewer than one batch of "
-                f"{self.per_rank_batch_size}: lower data.batch_size"
+                f"{self.latents_path} has {len(self.train_z)} training codes, fewer than one global batch of "
+                f"{self.batch_size} (data.batch_size): lower data.batch_size"
             )
 
-    def _loader(self, z: torch.Tensor, shuffle: bool, drop_last: bool) -> DataLoader:
-        base = RandomSampler(z) if shuffle else SequentialSampler(z)
-        batches = BatchSampler(base, self.per_rank_batch_size, drop_last=drop_last)
-        return DataLoader(_Codes(z), sampler=batches, batch_size=None, num_workers=self.num_workers)
+    def _world_rank(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_z, shuffle=True, drop_last=True)
+        if self.latents is None:
+            self.setup("fit")
+        world, rank = self._world_rank()
+        seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        codes = _Codes(self.train_z)
+        loader = ResumableLoader(
+            codes,
+            batch_size=self.per_rank_batch_size,
+            sampler=EpochSampler(codes, num_replicas=world, rank=rank, seed=seed),
+            drop_last=True,
+            collate_fn=_already_batched,
+            num_workers=self.num_workers,
+        )
+        loader.consumed_batches = self._consumed_train_batches
+        return loader
+
+    def _consumed_train_batches(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            self.val_z if len(self.val_z) else self.train_z[: self.per_rank_batch_size],
+        if self.latents is None:
+            self.setup("validate")
+        z = self.val_z if len(self.val_z) else self.train_z[: self.per_rank_batch_size]
+        return DataLoader(
+            _Codes(z),
+            batch_size=self.per_rank_batch_size,
             shuffle=False,
-            drop_last=False,
+            collate_fn=_already_batched,
+            num_workers=self.num_workers,
         )
 
 
-class _Codes(TensorDataset):
-    """Indexable by a list of rows → one ``{"z": (B, D)}`` batch."""
+class _Codes(Dataset):
+    """Rows of z; ``__getitems__`` (what the DataLoader's fetcher calls with a batch of keys) returns the whole
+    ``{"z": (B, D)}`` batch. Keys are row indices or the ``(index, item_seed)`` pairs of ``EpochSampler``."""
 
     def __init__(self, z: torch.Tensor) -> None:
-        super().__init__(z)
+        self.z = z
 
-    def __getitem__(self, rows):
-        return {"z": self.tensors[0][rows]}
+    def __len__(self) -> int:
+        return self.z.shape[0]
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])
+
+    def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
+        rows = [k[0] if isinstance(k, tuple) else int(k) for k in keys]
+        return {"z": self.z[rows]}
+
+
+def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """collate_fn: ``_Codes.__getitems__`` returns a finished batch."""
+    return batch
