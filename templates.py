@@ -20,10 +20,13 @@ Batch sizes are **global** (split over the DDP world size), as in the official t
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, to_plain
 from rockgen.lit.pixel import SampleGridConf
@@ -393,8 +396,23 @@ def presets() -> dict[str, dict[str, Any]]:
     return out
 
 
+def run_stamp() -> str:
+    """``${run_stamp:}`` in run names: one value for every rank of a job. ``$ROCKGEN_RUN_STAMP`` when set (the
+    torchrun script sets it for its ranks), ``job<id>`` inside SLURM, else the local time (``%Y%m%d-%H%M%S``).
+    A plain ``${now:...}`` could differ between ranks started a second apart and split one run's outputs."""
+    if os.environ.get("ROCKGEN_RUN_STAMP"):
+        return os.environ["ROCKGEN_RUN_STAMP"]
+    if os.environ.get("SLURM_JOB_ID"):
+        step = os.environ.get("SLURM_ARRAY_TASK_ID")
+        return f"job{os.environ['SLURM_JOB_ID']}" + (f"-{step}" if step else "")
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def register() -> None:
-    """Register every preset as ``template=<name>`` (package ``_global_``) in Hydra's ConfigStore."""
+    """Register every preset as ``template=<name>`` (package ``_global_``) in Hydra's ConfigStore, and the
+    ``run_stamp`` resolver."""
+    if not OmegaConf.has_resolver("run_stamp"):
+        OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True)
     cs = ConfigStore.instance()
     for name, node in presets().items():
         cs.store(group="template", name=name, node=node, package="_global_")

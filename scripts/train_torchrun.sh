@@ -11,6 +11,7 @@
 #
 # Defaults: NPROC_PER_NODE = number of visible GPUs (1 without any), NNODES=1, NODE_RANK=0,
 # MASTER_ADDR=127.0.0.1, MASTER_PORT=29500, MAX_RESTARTS=0, PYTHON=python.
+# ROCKGEN_RUN_STAMP names timestamped runs (task=generate ...): set the same value on every node.
 # MAX_RESTARTS=k lets torchrun restart all ranks up to k times after a failure; each restart resumes from
 # last.ckpt (resume=auto). The run directory (logs/) must be on a file system all nodes share.
 set -euo pipefail
@@ -22,6 +23,9 @@ export ROCKGEN_ROOT=$root
 gpus=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
 nproc=${NPROC_PER_NODE:-$(( gpus > 0 ? gpus : 1 ))}
 nnodes=${NNODES:-1}
+# One time stamp for every rank's ${run_stamp:} in run names (set it yourself to share it across nodes).
+ROCKGEN_RUN_STAMP=${ROCKGEN_RUN_STAMP:-$(date +%Y%m%d-%H%M%S)}
+export ROCKGEN_RUN_STAMP
 
 # Each rank runs run.py; ranks > 0 keep Hydra's .hydra/ and <task>.log to rank 0 (their log: rank<N>.log).
 # shellcheck disable=SC2016  # expanded by the per-rank shell, with torchrun's RANK

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import compose_config
@@ -58,3 +60,16 @@ def test_demo_model_trains_one_step_on_cpu(tmp_path):
         opt.step()
     assert torch.isfinite(loss)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.model.encoder.parameters())
+
+
+def test_run_stamp_is_shared_by_the_ranks_of_a_job(tmp_path, monkeypatch):
+    """Timestamped run names (task=generate ...) come from ${run_stamp:}: one value for all ranks of a job."""
+    monkeypatch.delenv("ROCKGEN_RUN_STAMP", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    assert compose_config(["task=generate"], tmp_path).run_name == "demo-job4242"
+    monkeypatch.setenv("ROCKGEN_RUN_STAMP", "shared")  # what scripts/train_torchrun.sh exports
+    assert compose_config(["task=interpolate"], tmp_path).run_name == "interpolate-shared"
+    monkeypatch.delenv("ROCKGEN_RUN_STAMP")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert re.fullmatch(r"demo-\d{8}-\d{6}", compose_config(["task=generate"], tmp_path).run_name)
