@@ -73,3 +73,15 @@ def test_run_stamp_is_shared_by_the_ranks_of_a_job(tmp_path, monkeypatch):
     monkeypatch.delenv("ROCKGEN_RUN_STAMP")
     monkeypatch.delenv("SLURM_JOB_ID")
     assert re.fullmatch(r"demo-\d{8}-\d{6}", compose_config(["task=generate"], tmp_path).run_name)
+
+
+@pytest.mark.parametrize("name", ["demo", "demo_latent", "demo_pixel", "demo_vae", "rock64", "rock128_latent"])
+def test_preset_trainer_and_checkpoint_settings_survive_composition(name, tmp_path):
+    """The template is composed after the trainer/callbacks groups: their defaults must not override it."""
+    node = templates.presets()[name]
+    cfg = compose_config([f"template={name}"], tmp_path)
+    for key, value in node["trainer"].items():
+        assert cfg.trainer[key] == value, f"trainer.{key}"
+    every = node["callbacks"]["checkpoint"]["every_n_train_steps"]
+    assert cfg.callbacks.checkpoint.every_n_train_steps == every
+    assert cfg.data.batch_size == node["data"]["batch_size"]
