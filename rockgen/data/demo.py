@@ -31,159 +31,40 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from rockgen.data.procedural import (
+    Rng,
+    blur,
+    cast_shadow,
+    cell_voronoi,
+    fbm,
+    grid,
+    hillshade,
+    lattice_sample,
+    pick,
+    rgb,
+    sq,
+    unit_vector,
+    value_noise,
+)
+
 DEMO_VERSION = 1
-Rng = np.random.Generator
 
 
-# ------------------------------------------------------------------------------------------- noise helpers
-def _fade(t: np.ndarray) -> np.ndarray:
-    """Quintic smoothstep 6t^5 - 15t^4 + 10t^3 (C2-continuous value noise)."""
-    return t * t * t * (t * (t * 6.0 - 15.0) + 10.0)
-
-
-def _lattice_sample(lat: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Smoothly interpolated lattice values at float coordinates (rows ``u``, columns ``v``); wraps around."""
-    iu, iv = np.floor(u), np.floor(v)
-    fu, fv = _fade(u - iu), _fade(v - iv)
-    n0, n1 = lat.shape
-    i0, j0 = iu.astype(np.int64) % n0, iv.astype(np.int64) % n1
-    i1, j1 = (i0 + 1) % n0, (j0 + 1) % n1
-    top = lat[i0, j0] + (lat[i0, j1] - lat[i0, j0]) * fv
-    bottom = lat[i1, j0] + (lat[i1, j1] - lat[i1, j0]) * fv
-    return top + (bottom - top) * fu
-
-
-def _sq(x):
-    """``x * x`` as a product: ``**`` may go through libm ``pow``, whose last bit varies by platform."""
-    return x * x
-
-
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel-centre coordinates ``yy, xx`` of shape ``(h, w)``."""
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    return yy + 0.5, xx + 0.5
-
-
-def value_noise(rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float) -> np.ndarray:
-    """Value noise in [0, 1] with feature size ``cell`` pixels, sampled at coordinates ``yy, xx``."""
-    lat = rng.random((64, 64))
-    off = rng.random(2) * 64.0
-    return _lattice_sample(lat, yy / cell + off[0], xx / cell + off[1])
-
-
-def fbm(rng: Rng, yy: np.ndarray, xx: np.ndarray, cell: float, octaves: int = 4, gain: float = 0.5) -> np.ndarray:
-    """Fractal sum of ``octaves`` value-noise layers (cell halves each octave), normalised to [0, 1]."""
-    total, amp, norm = np.zeros_like(yy), 1.0, 0.0
-    for _ in range(octaves):
-        total += amp * value_noise(rng, yy, xx, cell)
-        norm += amp
-        amp *= gain
-        cell *= 0.5
-    return total / norm
-
-
-def unit_vector(rng: Rng) -> tuple[float, float]:
-    """A uniformly random 2-D direction by rejection (avoids sin/cos, whose last bit varies across libms)."""
-    while True:
-        a, b = rng.random(2) * 2.0 - 1.0
-        r2 = a * a + b * b
-        if 0.01 < r2 <= 1.0:
-            r = np.sqrt(r2)
-            return float(a / r), float(b / r)
-
-
-def blur(a: np.ndarray, passes: int = 1) -> np.ndarray:
-    """Separable [1, 2, 1] / 4 blur repeated ``passes`` times (edge-padded), on the last two axes."""
-    for _ in range(passes):
-        p = np.pad(a, [(0, 0)] * (a.ndim - 2) + [(1, 1), (0, 0)], mode="edge")
-        a = (p[..., :-2, :] + 2.0 * p[..., 1:-1, :] + p[..., 2:, :]) * 0.25
-        p = np.pad(a, [(0, 0)] * (a.ndim - 1) + [(1, 1)], mode="edge")
-        a = (p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]) * 0.25
-    return a
-
-
-def hillshade(height: np.ndarray, light: tuple[float, float], elevation: float = 0.75) -> np.ndarray:
-    """Lambertian shading (1 on flat ground) of a height field in pixels, light from ``light`` (dy, dx)."""
-    gy, gx = np.gradient(height)
-    lz = elevation
-    lxy = np.sqrt(1.0 - lz * lz)
-    ly, lx = light[0] * lxy, light[1] * lxy
-    shade = (-gx * lx - gy * ly + lz) / np.sqrt(gx * gx + gy * gy + 1.0)
-    return np.clip(shade / lz, 0.0, 1.6)
-
-
-def cast_shadow(height: np.ndarray, light: tuple[float, float], steps: int = 6, slope: float = 0.8) -> np.ndarray:
-    """Soft cast-shadow factor in [0.55, 1]: a pixel is shaded when the height towards the light rises above a
-    ray of the given slope (integer pixel steps along ``light``)."""
-    h, w = height.shape
-    occl = np.zeros_like(height)
-    pad = steps + 1
-    p = np.pad(height, pad, mode="edge")
-    for s in range(1, steps + 1):
-        dy, dx = int(np.floor(light[0] * s + 0.5)), int(np.floor(light[1] * s + 0.5))
-        ahead = p[pad + dy : pad + dy + h, pad + dx : pad + dx + w]
-        occl = np.maximum(occl, ahead - height - slope * s)
-    return 1.0 - 0.45 * np.clip(occl / 3.0, 0.0, 1.0)
-
-
-def cell_voronoi(rng: Rng, yy: np.ndarray, xx: np.ndarray, spacing: float, size_spread: float):
-    """Voronoi cells of jittered-grid seeds about ``spacing`` px apart -> ``f1, f2, ids, seeds (n, 2)``.
-
-    ``f1``/``f2`` are the nearest and second-nearest power distances (squared distance minus a per-seed
-    weight in +-``size_spread`` * spacing^2 / 2, so cells vary in size); ``ids`` index ``seeds``. Each pixel
-    only looks at the 5 x 5 grid cells around it, which holds all candidates for ``size_spread`` <= 1.
-    """
-    margin = 3
-    ny = int(yy.max() / spacing) + 2 * margin + 1
-    nx = int(xx.max() / spacing) + 2 * margin + 1
-    gy, gx = np.mgrid[0:ny, 0:nx].astype(np.float64)
-    jitter = rng.random((2, ny, nx))
-    seeds = np.stack([(gy + jitter[0] - margin) * spacing, (gx + jitter[1] - margin) * spacing], -1)
-    weights = (rng.random((ny, nx)) - 0.5) * size_spread * spacing * spacing
-    cy = np.floor(yy / spacing).astype(np.int64) + margin
-    cx = np.floor(xx / spacing).astype(np.int64) + margin
-    f1 = np.full(yy.shape, np.inf)
-    f2 = np.full(yy.shape, np.inf)
-    ids = np.zeros(yy.shape, dtype=np.int64)
-    for oy in range(-2, 3):
-        for ox in range(-2, 3):
-            j, i = cy + oy, cx + ox
-            dy, dx = yy - seeds[j, i, 0], xx - seeds[j, i, 1]
-            d = dy * dy + dx * dx - weights[j, i]
-            closer = d < f1
-            f2 = np.where(closer, f1, np.minimum(f2, d))
-            f1 = np.where(closer, d, f1)
-            ids = np.where(closer, j * nx + i, ids)
-    return f1, f2, ids, seeds.reshape(-1, 2)
-
-
-def _pick(rng: Rng, palette: np.ndarray, n: int, jitter: float) -> np.ndarray:
-    """``n`` colours drawn from ``palette`` (k, 3) with +-``jitter`` brightness and +-jitter/5 per channel."""
-    base = palette[rng.integers(0, len(palette), n)]
-    bright = 1.0 + (rng.random((n, 1)) * 2.0 - 1.0) * jitter
-    tint = 1.0 + (rng.random((n, 3)) * 2.0 - 1.0) * (jitter / 5.0)
-    return base * bright * tint
-
-
-def _rgb(*hex_colours: str) -> np.ndarray:
-    return np.array([[int(c[i : i + 2], 16) / 255.0 for i in (0, 2, 4)] for c in hex_colours])
-
-
-STONE_COLOURS = _rgb("8a8580", "a39a8c", "6e6a66", "b5aa98", "8c7560", "9e8a78", "5f5a55", "c2b8a8", "7d6a5a")
-MATRIX_COLOURS = _rgb("a08c70", "8f7d66", "b09a7a", "7f7060")
-BED_COLOURS = _rgb("c9b48f", "6f6a66", "9a8a78", "d4cbbd", "a0614a", "857a6a", "b8a27e", "57524f")
-MASSIVE_COLOURS = _rgb("b9b2a8", "c8bba6", "a8a39d", "bfae9c", "9e9a92")
-GRAVEL_COLOURS = _rgb("8d8a86", "a49c90", "6c6965", "b7ad9f", "8f7866", "5a5753", "c9c0b2", "9a8f80", "7a5f50")
-FELDSPAR = _rgb("d9a89a", "e3c4b5", "c98f7f", "ece4dc")
-QUARTZ = _rgb("a9a8a6", "bdbcb8", "8f8e8c")
-BIOTITE = _rgb("242220", "35312c", "1b1a19")
+STONE_COLOURS = rgb("8a8580", "a39a8c", "6e6a66", "b5aa98", "8c7560", "9e8a78", "5f5a55", "c2b8a8", "7d6a5a")
+MATRIX_COLOURS = rgb("a08c70", "8f7d66", "b09a7a", "7f7060")
+BED_COLOURS = rgb("c9b48f", "6f6a66", "9a8a78", "d4cbbd", "a0614a", "857a6a", "b8a27e", "57524f")
+MASSIVE_COLOURS = rgb("b9b2a8", "c8bba6", "a8a39d", "bfae9c", "9e9a92")
+GRAVEL_COLOURS = rgb("8d8a86", "a49c90", "6c6965", "b7ad9f", "8f7866", "5a5753", "c9c0b2", "9a8f80", "7a5f50")
+FELDSPAR = rgb("d9a89a", "e3c4b5", "c98f7f", "ece4dc")
+QUARTZ = rgb("a9a8a6", "bdbcb8", "8f8e8c")
+BIOTITE = rgb("242220", "35312c", "1b1a19")
 
 
 # --------------------------------------------------------------------------------------------- rock types
 def _cobbles(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = _grid(size, size)
+    yy, xx = grid(size, size)
     light = unit_vector(rng)
-    matrix_col = _pick(rng, MATRIX_COLOURS, 1, 0.12)[0]
+    matrix_col = pick(rng, MATRIX_COLOURS, 1, 0.12)[0]
     grain = fbm(rng, yy, xx, 6.0, 3)
     colour = matrix_col * (0.85 + 0.3 * grain)[..., None] * (0.9 + 0.2 * rng.random((size, size, 1)))
     height = 1.5 * fbm(rng, yy, xx, 20.0, 2)
@@ -196,14 +77,14 @@ def _cobbles(rng: Rng, size: int) -> np.ndarray:
         u = rng.random()
         r = 4.0 + 11.0 * u * u
         cy, cx = rng.random(2) * (size + 2 * r) - r
-        if all(_sq(cy - sy) + _sq(cx - sx) > _sq(0.85 * (r + sr)) for sy, sx, sr in stones):
+        if all(sq(cy - sy) + sq(cx - sx) > sq(0.85 * (r + sr)) for sy, sx, sr in stones):
             stones.append((cy, cx, r))
     edge = value_noise(rng, yy, xx, 5.0) - 0.5
     speckles = [fbm(rng, yy, xx, cell, 2) for cell in (2.0, 3.5, 6.0)]
     for cy, cx, r in stones:
         uy, ux = unit_vector(rng)
         aspect = 0.6 + 0.4 * rng.random()
-        stone_col = _pick(rng, STONE_COLOURS, 1, 0.18)[0]
+        stone_col = pick(rng, STONE_COLOURS, 1, 0.18)[0]
         which, contrast = int(rng.integers(0, 3)), 0.1 + 0.25 * rng.random()
         # Work in the stone's bounding box only (edge noise can push the outline out by ~10%).
         y0, y1 = max(0, int(cy - 1.2 * r)), min(size, int(cy + 1.2 * r) + 2)
@@ -224,7 +105,7 @@ def _cobbles(rng: Rng, size: int) -> np.ndarray:
 
 
 def _layered(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = _grid(size, size)
+    yy, xx = grid(size, size)
     light = unit_vector(rng)
     uy, ux = unit_vector(rng)  # bedding-normal direction (dip azimuth on the ground)
     along = yy * ux - xx * uy  # coordinate along strike
@@ -251,15 +132,15 @@ def _layered(rng: Rng, size: int) -> np.ndarray:
     tone = 0.9 + 0.12 * lamination + 0.06 * (fbm(rng, yy, xx, 5.0, 3) - 0.5)
     colour = cols[bed] * tone[..., None] * (0.95 + 0.1 * rng.random((size, size, 1)))
     # Resistant beds stand proud with rounded edges; soft beds are recessed.
-    height = 2.5 * hardness[bed] * (1.0 - _sq(_sq(2.0 * within - 1.0))) + 0.6 * lamination
+    height = 2.5 * hardness[bed] * (1.0 - sq(sq(2.0 * within - 1.0))) + 0.6 * lamination
     shade = hillshade(blur(height), light) * cast_shadow(height, light, steps=3)
     return colour * shade[..., None]
 
 
 def _fractured(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = _grid(size, size)
+    yy, xx = grid(size, size)
     light = unit_vector(rng)
-    base = _pick(rng, MASSIVE_COLOURS, 1, 0.1)[0]
+    base = pick(rng, MASSIVE_COLOURS, 1, 0.1)[0]
     mottle = fbm(rng, yy, xx, 18.0, 4)
     colour = base * (0.88 + 0.22 * mottle)[..., None] * (0.96 + 0.08 * rng.random((size, size, 1)))
     crack = np.zeros((size, size))
@@ -285,8 +166,8 @@ def _fractured(rng: Rng, size: int) -> np.ndarray:
         line_id = np.floor(phase / spacing + 0.5)
         # Joints end and restart: a slow on/off noise along strike, different for each joint.
         lat = rng.random((64, 64))
-        present = _lattice_sample(lat, line_id * 3.7, strike / 45.0) > 0.25 + 0.3 * rng.random()
-        strength = 0.5 + 0.5 * _lattice_sample(lat, line_id * 3.7 + 17.0, strike / 9.0)
+        present = lattice_sample(lat, line_id * 3.7, strike / 45.0) > 0.25 + 0.3 * rng.random()
+        strength = 0.5 + 0.5 * lattice_sample(lat, line_id * 3.7 + 17.0, strike / 9.0)
         width = 0.7 + 1.0 * rng.random()
         crack = np.maximum(crack, present * strength * np.clip(1.0 - dist / width, 0.0, 1.0))
         stain = np.maximum(stain, present * np.clip(1.0 - dist / (3.0 * width + 2.5), 0.0, 1.0))
@@ -302,7 +183,7 @@ def _fractured(rng: Rng, size: int) -> np.ndarray:
 
 
 def _gravel(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = _grid(size, size)
+    yy, xx = grid(size, size)
     light = unit_vector(rng)
     spacing = 5.0 + 4.0 * rng.random()
     f1, f2, ids, pts = cell_voronoi(rng, yy, xx, spacing, 0.9)  # power diagram: varied clast sizes
@@ -313,7 +194,7 @@ def _gravel(rng: Rng, size: int) -> np.ndarray:
     cy, cx = pts[ids, 0], pts[ids, 1]
     facet = tilt[ids, 0] * (yy - cy) + tilt[ids, 1] * (xx - cx)
     height = np.minimum(edge, 1.8) * 1.6 + facet + 0.5 * rng.random(n)[ids]
-    cols = _pick(rng, GRAVEL_COLOURS, n, 0.2) * 1.1
+    cols = pick(rng, GRAVEL_COLOURS, n, 0.2) * 1.1
     grain = 0.92 + 0.16 * fbm(rng, yy, xx, 2.0, 2)
     colour = cols[ids] * grain[..., None]
     gap = np.clip(edge / 0.35, 0.0, 1.0)  # dark interstices between clasts
@@ -324,7 +205,7 @@ def _gravel(rng: Rng, size: int) -> np.ndarray:
 
 
 def _granite(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = _grid(size, size)
+    yy, xx = grid(size, size)
     light = unit_vector(rng)
     spacing = 3.0 + 2.0 * rng.random()
     f1, f2, ids, pts = cell_voronoi(rng, yy, xx, spacing, 0.8)
@@ -334,9 +215,9 @@ def _granite(rng: Rng, size: int) -> np.ndarray:
     u = 0.55 * field + 0.45 * rng.random(n)
     biotite_cut, quartz_cut = 0.22 + 0.1 * rng.random(), 0.48 + 0.1 * rng.random()
     mineral = np.where(u < biotite_cut, 0, np.where(u < quartz_cut, 1, 2))
-    tone = _pick(rng, FELDSPAR[rng.integers(0, len(FELDSPAR), 2)], n, 0.08)  # 1-2 feldspar tones per tile
-    tone = np.where((mineral == 1)[:, None], _pick(rng, QUARTZ, n, 0.08), tone)
-    tone = np.where((mineral == 0)[:, None], _pick(rng, BIOTITE, n, 0.2), tone)
+    tone = pick(rng, FELDSPAR[rng.integers(0, len(FELDSPAR), 2)], n, 0.08)  # 1-2 feldspar tones per tile
+    tone = np.where((mineral == 1)[:, None], pick(rng, QUARTZ, n, 0.08), tone)
+    tone = np.where((mineral == 0)[:, None], pick(rng, BIOTITE, n, 0.2), tone)
     boundary = np.clip((f2 - f1) / (0.6 * spacing * spacing), 0.0, 1.0)
     colour = tone[ids] * (0.85 + 0.15 * boundary)[..., None]
     colour *= (0.93 + 0.14 * fbm(rng, yy, xx, 24.0, 3))[..., None]
