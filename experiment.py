@@ -25,7 +25,7 @@ import torch
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule
 from rockgen.ema import ema_decay, ema_update_module_
-from rockgen.lit.common import RockgenModule, build_optimizer, check_images
+from rockgen.lit.common import RockgenModule, build_optimizer, check_images, trainer_precision
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
@@ -239,7 +239,7 @@ class LitModel(RockgenModule):
 
     def configure_optimizers(self):
         conf = self.latent_conf.optim if self.stage.name == "latent" else self.optim_conf
-        return build_optimizer(self.stage.trainable(self).parameters(), conf)
+        return build_optimizer(self.stage.trainable(self).parameters(), conf, trainer_precision(self))
 
     def on_validation_epoch_start(self) -> None:
         self.stage.on_validation_epoch_start(self)

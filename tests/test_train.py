@@ -12,6 +12,8 @@ import torch
 from conftest import ROOT, compose_config
 
 from experiment import LitModel
+from rockgen.config import OptimConf
+from rockgen.lit.common import build_optimizer, fused_supported
 from rockgen.tasks.train import train
 
 
@@ -47,6 +49,37 @@ def test_resume_continues_step_count_and_optimizer(trained, tiny_overrides):
     # Adam's step counter continued from the checkpoint instead of restarting at 0
     steps = {float(s["step"]) for s in after["optimizer_states"][0]["state"].values()}
     assert steps == {5.0}
+
+
+def test_training_uses_fused_adamw_on_cpu_and_it_matches_the_reference_update(trained):
+    run_dir, out = trained
+    opt = out["trainer"].optimizers[0]
+    assert opt.param_groups[0]["fused"] is True  # OptimConf.fused=None (auto) on CPU, 32-true
+    torch.manual_seed(0)
+    weights = [torch.randn(300, dtype=torch.float64) for _ in range(3)]
+    results = []
+    for fused in (True, False):  # fused kernel vs torch's per-tensor loop, three steps in float64
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        conf = OptimConf(lr=1e-2, weight_decay=0.1, fused=fused)
+        opt = build_optimizer(params, conf)["optimizer"]
+        assert bool(opt.param_groups[0]["fused"]) is fused
+        for step in range(3):
+            for i, p in enumerate(params):
+                p.grad = torch.sin(p.detach() * (step + 1) + i)
+            opt.step()
+        results.append(torch.cat([p.detach() for p in params]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+
+
+def test_fused_is_off_where_lightning_cannot_use_it():
+    cpu = [torch.nn.Parameter(torch.zeros(2))]
+    assert fused_supported(cpu, "32-true") and fused_supported(cpu, "bf16-mixed")
+    assert not fused_supported(cpu, "16-mixed")  # gradient clipping before a fused unscale: Lightning refuses
+    assert not fused_supported([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
+    assert (
+        "fused" not in build_optimizer(cpu, OptimConf(fused=False))["optimizer"].defaults
+        or not (build_optimizer(cpu, OptimConf(fused=False))["optimizer"].defaults["fused"])
+    )
 
 
 def test_resume_never_refuses_to_overwrite(trained, tiny_overrides):

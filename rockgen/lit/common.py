@@ -22,10 +22,18 @@ class RockgenModule(pl.LightningModule):
         checkpoint[CLASS_KEY] = f"{cls.__module__}:{cls.__qualname__}"
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], conf: OptimConf) -> dict[str, Any]:
-    """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps."""
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], conf: OptimConf, precision: str | None = None
+) -> dict[str, Any]:
+    """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps.
+
+    ``precision`` is the Trainer's (``trainer.precision``), for choosing the fused kernel (``conf.fused``).
+    """
     params = [p for p in params if p.requires_grad]
     kwargs = dict(lr=conf.lr, betas=tuple(conf.betas), weight_decay=conf.weight_decay)
+    fused = conf.fused if conf.fused is not None else fused_supported(params, precision)
+    if fused:
+        kwargs["fused"] = True
     if conf.name == "adamw":
         opt = torch.optim.AdamW(params, **kwargs)
     elif conf.name == "adam":
@@ -37,6 +45,21 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], conf: OptimConf) -> di
     warm = max(1, int(conf.warmup_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def fused_supported(params: list[torch.nn.Parameter], precision: str | None = None) -> bool:
+    """Whether torch's fused Adam(W) kernel can take these parameters: floating point, all on CPU or all on
+    CUDA; and not 16-mixed precision (Lightning cannot clip gradients that the fused step unscales itself)."""
+    if not params or (precision is not None and str(precision).startswith("16")):
+        return False
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
+def trainer_precision(module: pl.LightningModule) -> str | None:
+    """The attached Trainer's precision setting (e.g. ``32-true``, ``bf16-mixed``), None without a Trainer."""
+    trainer = module._trainer  # the property raises when no Trainer is attached
+    return str(trainer.precision) if trainer is not None else None
 
 
 def check_images(x: Any, image_size: int, where: str) -> None:

@@ -22,7 +22,14 @@ import torch
 from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule, q_sample, regression_loss, sample_timesteps, training_target
 from rockgen.ema import ema_decay, ema_update_module_
-from rockgen.lit.common import RockgenModule, build_optimizer, check_finite_loss, log_image_file, run_dir_of
+from rockgen.lit.common import (
+    RockgenModule,
+    build_optimizer,
+    check_finite_loss,
+    log_image_file,
+    run_dir_of,
+    trainer_precision,
+)
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddim_sample, ddpm_sample
 from rockgen.visual import save_grid
@@ -160,7 +167,7 @@ class PixelDiffusion(RockgenModule):
         ema_step(self, self.ema_conf)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.optim_conf)
+        return build_optimizer(self.model.parameters(), self.optim_conf, trainer_precision(self))
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

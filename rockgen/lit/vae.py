@@ -40,6 +40,7 @@ from rockgen.lit.common import (
     check_images,
     log_image_file,
     run_dir_of,
+    trainer_precision,
 )
 from rockgen.lit.pixel import ema_step, seeded_generator, warn_unused
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
@@ -262,7 +263,7 @@ class LitVAE(RockgenModule):
             ema_step(self, self.ema_conf)
 
     def configure_optimizers(self):
-        return build_optimizer(self.model.parameters(), self.optim_conf)
+        return build_optimizer(self.model.parameters(), self.optim_conf, trainer_precision(self))
 
     # ---------------------------------------------------------------- validation
     def on_validation_epoch_start(self) -> None:
