@@ -35,8 +35,8 @@ class OptimConf:
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
     # None = auto: torch's fused AdamW kernel on CPU and CUDA (on 2 CPU cores 18x faster than the per-tensor
-    # loop for 91 M parameters), except under 16-mixed precision with gradient clipping, which Lightning
-    # cannot combine with it. true / false force it.
+    # loop for 91 M parameters) under full precision (32-true); off under mixed precision, where Lightning
+    # refuses gradient clipping with it. true / false force it.
     fused: bool | None = None
 
 

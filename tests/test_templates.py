@@ -67,12 +67,12 @@ def test_run_stamp_is_shared_by_the_ranks_of_a_job(tmp_path, monkeypatch):
     monkeypatch.delenv("ROCKGEN_RUN_STAMP", raising=False)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
-    assert compose_config(["task=generate"], tmp_path).run_name == "demo-job4242"
+    assert compose_config(["task=generate"], tmp_path).run_name == "generate-job4242"
     monkeypatch.setenv("ROCKGEN_RUN_STAMP", "shared")  # what scripts/train_torchrun.sh exports
     assert compose_config(["task=interpolate"], tmp_path).run_name == "interpolate-shared"
     monkeypatch.delenv("ROCKGEN_RUN_STAMP")
     monkeypatch.delenv("SLURM_JOB_ID")
-    assert re.fullmatch(r"demo-\d{8}-\d{6}", compose_config(["task=generate"], tmp_path).run_name)
+    assert re.fullmatch(r"generate-\d{8}-\d{6}", compose_config(["task=generate"], tmp_path).run_name)
 
 
 @pytest.mark.parametrize("name", ["demo", "demo_latent", "demo_pixel", "demo_vae", "rock64", "rock128_latent"])

@@ -73,13 +73,20 @@ def test_training_uses_fused_adamw_on_cpu_and_it_matches_the_reference_update(tr
 
 def test_fused_is_off_where_lightning_cannot_use_it():
     cpu = [torch.nn.Parameter(torch.zeros(2))]
-    assert fused_supported(cpu, "32-true") and fused_supported(cpu, "bf16-mixed")
-    assert not fused_supported(cpu, "16-mixed")  # gradient clipping before a fused unscale: Lightning refuses
+    assert fused_supported(cpu, "32-true") and fused_supported(cpu, None)
+    for mixed in ("16-mixed", "bf16-mixed"):  # Lightning refuses clipping with an optimizer that unscales
+        assert not fused_supported(cpu, mixed)
     assert not fused_supported([torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))])
     assert (
         "fused" not in build_optimizer(cpu, OptimConf(fused=False))["optimizer"].defaults
         or not (build_optimizer(cpu, OptimConf(fused=False))["optimizer"].defaults["fused"])
     )
+
+
+def test_bf16_mixed_training_clips_gradients_without_the_fused_optimizer(tmp_path, tiny_overrides):
+    out = train(compose_config([*tiny_overrides, "trainer.precision=bf16-mixed", "trainer.max_steps=2"], tmp_path))
+    assert out["trainer"].global_step == 2 and out["trainer"].gradient_clip_val == 1.0
+    assert not out["trainer"].optimizers[0].param_groups[0]["fused"]
 
 
 def test_resume_never_refuses_to_overwrite(trained, tiny_overrides):

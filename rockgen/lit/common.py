@@ -47,10 +47,14 @@ def build_optimizer(
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
+FULL_PRECISIONS = ("32-true", "32", "64-true", "64")
+
+
 def fused_supported(params: list[torch.nn.Parameter], precision: str | None = None) -> bool:
     """Whether torch's fused Adam(W) kernel can take these parameters: floating point, all on CPU or all on
-    CUDA; and not 16-mixed precision (Lightning cannot clip gradients that the fused step unscales itself)."""
-    if not params or (precision is not None and str(precision).startswith("16")):
+    CUDA, under full precision. Lightning's mixed-precision plugin (16-mixed and bf16-mixed) refuses gradient
+    clipping with an optimizer that could unscale gradients itself, which the fused one can."""
+    if not params or (precision is not None and str(precision) not in FULL_PRECISIONS):
         return False
     devices = {p.device.type for p in params}
     return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
