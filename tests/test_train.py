@@ -71,6 +71,12 @@ def test_training_uses_fused_adamw_on_cpu_and_it_matches_the_reference_update(tr
     torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
 
 
+def test_gradients_are_freed_after_each_optimizer_step(trained):
+    _, out = trained
+    params = list(out["trainer"].lightning_module.model.parameters())
+    assert params and all(p.grad is None for p in params)  # not held through the next forward pass
+
+
 def test_fused_is_off_where_lightning_cannot_use_it():
     cpu = [torch.nn.Parameter(torch.zeros(2))]
     assert fused_supported(cpu, "32-true") and fused_supported(cpu, None)

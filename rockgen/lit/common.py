@@ -15,7 +15,14 @@ CLASS_KEY = "rockgen_class"
 
 
 class RockgenModule(pl.LightningModule):
-    """Base class: records its own import path in each checkpoint so ``load_model`` can rebuild any module."""
+    """Base class: records its own import path in each checkpoint so ``load_model`` can rebuild any module, and
+    frees the gradients right after each optimizer step."""
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Lightning zeroes gradients only after the next forward pass, so they would sit in memory through it
+        # (rock64: 0.36 GB at the activation peak). The next step starts from zero gradients either way.
+        optimizer.zero_grad(set_to_none=True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         cls = type(self)
