@@ -3,7 +3,7 @@
 #   autoencoder → latent inference → latent DDIM → generation (+ an interpolation strip)
 #
 # Usage: scripts/pipeline.sh [NAME] [Hydra overrides for the autoencoder and latent inference ...]
-#   scripts/pipeline.sh                              # demo: embedded demo tiles, ≈ 15 min on 2 CPU cores
+#   scripts/pipeline.sh                              # demo: embedded demo tiles, ≈ 8 min on 2 CPU cores
 #   scripts/pipeline.sh cores data.root=/data/tiles  # your tiles (same preset, demo size)
 #   AE_TEMPLATE=rock64 scripts/pipeline.sh rocks64 data.root=/data/tiles trainer.devices=4 strategy=ddp
 # Environment:
