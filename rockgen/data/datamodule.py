@@ -23,9 +23,9 @@ Usage::
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Subset
 
 from rockgen.data.demo import write_demo_dataset
 from rockgen.data.images import find_images
-from rockgen.data.sampler import EpochSampler, ResumableLoader
+from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler
 from rockgen.data.tiles import (
     TileDataset,
     normalize_augment,
@@ -254,20 +254,12 @@ class TileDataModule(pl.LightningDataModule):
                 f"only {len(self.train_set)} training tiles but a global batch of "
                 f"{self.per_rank_batch_size * world} with drop_last: lower data.batch_size or add data"
             )
-        trainer = getattr(self, "trainer", None)
-        rank = int(trainer.global_rank) if trainer is not None else 0
-        seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
-        sampler = EpochSampler(self.train_set, num_replicas=world, rank=rank, seed=seed)
+        sampler = epoch_sampler(self, self.train_set, self.shuffle_seed)
         loader = self._loader(
             self.train_set, self.per_rank_batch_size, False, True, sampler=sampler, cls=ResumableLoader
         )
-        loader.consumed_batches = self._consumed_train_batches
+        loader.consumed_batches = partial(consumed_train_batches, self)
         return loader
-
-    def _consumed_train_batches(self) -> int:
-        """Batches of the current epoch the training loop has processed on this rank (saved in checkpoints)."""
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def val_dataloader(self):
         if self.train_set is None:

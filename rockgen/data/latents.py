@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from rockgen.data.datamodule import split_global_batch
-from rockgen.data.sampler import EpochSampler, ResumableLoader
+from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler
 from rockgen.latents import Latents, load_latents
 
 
@@ -54,30 +54,20 @@ class LatentDataModule(pl.LightningDataModule):
                 f"{self.batch_size} (data.batch_size): lower data.batch_size"
             )
 
-    def _world_rank(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
-
     def train_dataloader(self) -> DataLoader:
         if self.latents is None:
             self.setup("fit")
-        world, rank = self._world_rank()
-        seed = self.shuffle_seed if self.shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
         codes = _Codes(self.train_z)
         loader = ResumableLoader(
             codes,
             batch_size=self.per_rank_batch_size,
-            sampler=EpochSampler(codes, num_replicas=world, rank=rank, seed=seed),
+            sampler=epoch_sampler(self, codes, self.shuffle_seed),
             drop_last=True,
             collate_fn=_already_batched,
             num_workers=self.num_workers,
         )
-        loader.consumed_batches = self._consumed_train_batches
+        loader.consumed_batches = partial(consumed_train_batches, self)
         return loader
-
-    def _consumed_train_batches(self) -> int:
-        trainer = getattr(self, "trainer", None)
-        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         if self.latents is None:

@@ -14,6 +14,7 @@ interrupted-and-resumed run sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -99,3 +100,19 @@ class ResumableLoader(DataLoader):
             sampler.set_epoch(int(state["epoch"]))
             return
         sampler.resume(int(state["epoch"]), int(state["samples"]), self.batch_size if self.drop_last else 1)
+
+
+def epoch_sampler(datamodule: Any, dataset: Dataset, shuffle_seed: int | None = None) -> EpochSampler:
+    """This rank's ``EpochSampler`` of ``dataset`` under the datamodule's Trainer (one process without one),
+    seeded by ``shuffle_seed``, or by the run's seed (``PL_GLOBAL_SEED``) when None."""
+    trainer = getattr(datamodule, "trainer", None)
+    world, rank = (int(trainer.world_size), int(trainer.global_rank)) if trainer is not None else (1, 0)
+    seed = shuffle_seed if shuffle_seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return EpochSampler(dataset, num_replicas=world, rank=rank, seed=seed)
+
+
+def consumed_train_batches(datamodule: Any) -> int:
+    """Batches of the current epoch the datamodule's training loop has processed on this rank: a
+    ``ResumableLoader.consumed_batches`` (bind the datamodule with ``functools.partial``)."""
+    trainer = getattr(datamodule, "trainer", None)
+    return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
