@@ -31,29 +31,18 @@ ROW_FIELDS = (
 )
 
 
+def run_script(name: str, flags: str, cwd, out=None, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``python scripts/<name> <flags> [--out <out>]`` in ``cwd``, output captured."""
+    cmd = [sys.executable, str(ROOT / "scripts" / name), *flags.split(), *(["--out", str(out)] if out else [])]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_bench_demo_writes_every_row_and_field(tmp_path):
     out = tmp_path / "bench.json"
     # One thread: on a busy shared machine two OpenMP threads can stall each other on every small op.
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench.py"),
-        "--preset",
-        "demo",
-        "--batch",
-        "2",
-        "--iters",
-        "1",
-        "--T",
-        "2",
-        "--threads",
-        "1",
-        "--precision",
-        "fp32,bf16",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    flags = "--preset demo --batch 2 --iters 1 --T 2 --threads 1 --precision fp32,bf16"
+    proc = run_script("bench.py", flags, tmp_path, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "train step: 1/1" in proc.stderr  # per-iteration progress reaches the user
 
@@ -80,29 +69,8 @@ def test_bench_demo_writes_every_row_and_field(tmp_path):
 
 def test_bench_latent_rows_and_json(tmp_path):
     out = tmp_path / "latent.json"
-    cmd = [
-        sys.executable,
-        str(ROOT / "scripts" / "bench_latent.py"),
-        "--nets",
-        "demo",
-        "--codes",
-        "32",
-        "--chunks",
-        "8,32",
-        "--T",
-        "3",
-        "--train-batch",
-        "16",
-        "--iters",
-        "1",
-        "--threads",
-        "1",
-        "--precision",
-        "fp32",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    flags = "--nets demo --codes 32 --chunks 8,32 --T 3 --train-batch 16 --iters 1 --threads 1 --precision fp32"
+    proc = run_script("bench_latent.py", flags, tmp_path, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     assert [(r["what"], r["batch"], r["mode"]) for r in rows] == [
@@ -118,11 +86,5 @@ def test_bench_latent_rows_and_json(tmp_path):
 
 
 def test_bench_latent_rejects_unknown_net(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_latent.py"), "--nets", "huge"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_script("bench_latent.py", "--nets huge", tmp_path, timeout=60)
     assert proc.returncode == 2 and "unknown net 'huge'" in proc.stderr
