@@ -44,19 +44,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 MEASUREMENTS = ("train", "render", "invert", "encode")
+LAYOUTS = {"on": (True,), "off": (False,), "both": (True, False), "preset": (None,)}
 COLUMNS = ("train_img_s", "render_img_s", "invert_img_s", "encode_img_s", "peak_rss_gb")
 HEADERS = ("train img/s", "render img/s", "invert img/s", "encode img/s", "peak RSS GB")
 # Keep freed activations on the heap instead of returning them to the OS (and page-faulting them in again).
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
-# Official DiffAE (phizaz/diffae) at its ffhq64_autoenc config = rock64, batch 8, 2 CPU threads, fp32, DDIM-20,
-# measured on this machine type (shared/ENVIRONMENT.md). Only used for the ratio rows.
-OFFICIAL_ROCK64 = {
-    "train_img_s": 3.0,
-    "render_img_s": 0.56,
-    "invert_img_s": 0.52,
-    "encode_img_s": 83.0,
-    "peak_rss_gb": 3.9,
-}
 
 
 @dataclass(frozen=True)
@@ -181,8 +173,10 @@ def _timed(tag: str, what: str, fn, iters: int, device, warmup=None) -> dict:
     return {"times_s": times, "page_faults": faults, "other_load": load, "calib_conv_ms": calibrate(device)}
 
 
-def build_model(preset: str, channels_last: bool):
-    """The preset's LightningModule: ``templates.presets()[preset]['model']`` minus ``_target_`` are its kwargs."""
+def build_model(preset: str, channels_last, overrides: dict | None = None):
+    """The preset's LightningModule: ``templates.presets()[preset]['model']`` minus ``_target_`` are its kwargs;
+    ``overrides`` = {section: {key: value}} updates sections (e.g. unet widths), ``channels_last`` None keeps
+    the preset's memory format."""
     from hydra.utils import get_class
 
     import templates
@@ -191,19 +185,33 @@ def build_model(preset: str, channels_last: bool):
     if preset not in presets:
         raise SystemExit(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
     node = dict(presets[preset]["model"])
-    return get_class(node.pop("_target_"))(**{**node, "channels_last": channels_last})
+    for section, values in (overrides or {}).items():
+        node[section] = {**node[section], **values}
+    if channels_last is not None:
+        node["channels_last"] = channels_last
+    return get_class(node.pop("_target_"))(**node)
 
 
-def lightning_train_step(model, batch: dict, autocast):
+def compile_nets(model) -> None:
+    """torch.compile the encoders and decoders of the model and its EMA copy (compiled on their first call)."""
+    import torch
+
+    for net in (model.model, model.ema_model):
+        net.encoder, net.decoder = torch.compile(net.encoder), torch.compile(net.decoder)
+
+
+def lightning_train_step(model, batch: dict, autocast, clip: float | None = None):
     """A function doing one step of Lightning's automatic optimisation of ``model``, without a Trainer.
 
     Lightning calls ``model.optimizer_step(epoch, batch_idx, optimizer, closure)`` (LitModel adds its EMA update
     there, reading ``trainer.global_step``); the closure runs training_step, then optimizer_zero_grad, then
-    backward -- so the previous step's gradients are still alive during the forward pass, as in real runs.
+    backward; ``clip``: then the gradient-norm clipping Lightning applies with ``gradient_clip_val``.
     """
     optim = model.configure_optimizers()
     opt = optim["optimizer"] if isinstance(optim, dict) else optim
     sched = optim.get("lr_scheduler", {}).get("scheduler") if isinstance(optim, dict) else None
+    import torch
+
     trainer = SimpleNamespace(global_step=0)  # all that LitModel.optimizer_step reads from its Trainer
 
     def closure():
@@ -212,6 +220,8 @@ def lightning_train_step(model, batch: dict, autocast):
             loss = model.training_step(batch, trainer.global_step)
         model.optimizer_zero_grad(0, trainer.global_step, opt)
         loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         model._trainer = trainer
         return loss
 
@@ -242,8 +252,7 @@ def run_worker(spec: dict) -> dict:
     device = torch.device(spec["device"])
     model = build_model(spec["preset"], cfg.channels_last).to(device)
     if cfg.compile:
-        for net in (model.model, model.ema_model):
-            net.encoder, net.decoder = torch.compile(net.encoder), torch.compile(net.decoder)
+        compile_nets(model)
     n_params = sum(p.numel() for p in model.model.parameters())
     size = model.image_size
     _log(
@@ -385,8 +394,8 @@ def summarize(rounds: list[dict], batch: int, stat: str) -> dict:
     return row
 
 
-def format_table(rows: list[dict], reference: dict | None) -> str:
-    width = max([len(r["config"]) for r in rows] + [len("official DiffAE")]) + 2
+def format_table(rows: list[dict]) -> str:
+    width = max(len(r["config"]) for r in rows) + 2
     extra = ("calib ms", "other load")
 
     def line(label: str, values) -> str:
@@ -396,32 +405,37 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
 
     lines = [f"{'config':<{width}}" + "".join(f"{h:>13}" for h in (*HEADERS, *extra))]
     lines += [line(r["config"], [r.get(c) for c in (*COLUMNS, "calib_conv_ms", "other_load")]) for r in rows]
-    if reference:
-        lines.append(line("official DiffAE", [reference.get(c) for c in COLUMNS]))
-        lines.append("x official (speed: ours / official; RSS: official / ours; > 1 = rockgen better):")
-        for r in rows:
-            lines.append(
-                line(
-                    r["config"],
-                    [
-                        None if r.get(c) is None else reference[c] / r[c] if c == "peak_rss_gb" else r[c] / reference[c]
-                        for c in COLUMNS
-                    ],
-                )
-            )
     return "\n".join(lines)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="rock64", help="a templates.presets() name (rock64, demo, ...)")
+    p.add_argument(
+        "--preset",
+        default="rock64",
+        help="a templates.presets() name (rock64, demo, ...); with --official a comma list of "
+        "rock64, rock128, small, tiny (bench_official.CONFIGS)",
+    )
+    p.add_argument(
+        "--official",
+        metavar="DIR",
+        help="compare with the official DiffAE code checked out in DIR, side by side in this process "
+        "(interleaved rounds, medians, ratios; see scripts/bench_official.py)",
+    )
+    p.add_argument("--quick", action="store_true", help="with --official: tiny net, batch 2, T=3, one round")
+    p.add_argument("--skip-memory", action="store_true", help="with --official: no peak-memory subprocesses")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=3, help="timed calls per measurement (after one warm-up)")
     p.add_argument("--T", type=int, default=20, help="DDIM steps of render and inversion")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads and OMP_NUM_THREADS")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
-    p.add_argument("--channels-last", default="on", choices=("on", "off", "both"))
+    p.add_argument(
+        "--channels-last",
+        default=None,
+        choices=("on", "off", "both", "preset"),
+        help="memory format rows (default: on; with --official: the preset's own choice)",
+    )
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (minutes of compiling)")
     p.add_argument(
         "--malloc-tunables",
@@ -461,6 +475,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.channels_last is None:
+        args.channels_last = "preset" if args.official else "on"
+    if args.quick:
+        args.preset, args.batch, args.T, args.iters, args.rounds = "tiny", 2, 3, 1, 1
     if args.worker is None:
         args.only = [m.strip() for m in args.only.split(",") if m.strip()]
         if bad := sorted(set(args.only) - set(MEASUREMENTS)):
@@ -478,13 +496,15 @@ def main(argv=None) -> dict:
     if args.worker is not None:
         Path(args.worker_out).write_text(json.dumps(run_worker(json.loads(args.worker))))
         return {}
+    if args.official:
+        return main_official(args)
 
     import torch
 
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch.cuda.is_available() is False")
-    layouts = {"on": (True,), "off": (False,), "both": (True, False)}[args.channels_last]
+    layouts = LAYOUTS[args.channels_last]
     choice = {"off": (False,), "both": (False, True), "only": (True,)}
     tunables = choice[args.malloc_tunables] if device == "cpu" else (False,)  # glibc: host memory only
     configs = [
@@ -514,9 +534,7 @@ def main(argv=None) -> dict:
             measured[cfg].append(run_config(cfg, args, device))
     rows = [summarize(measured[c], args.batch, args.stat) for c in configs]
 
-    official = args.preset in ("rock64", "rock64_autoenc") and args.batch == 8 and args.threads == 2
-    reference = OFFICIAL_ROCK64 if official and device == "cpu" and args.T == 20 else None
-    table = format_table(rows, reference)
+    table = format_table(rows)
     print(table)
     result = {
         "preset": args.preset,
@@ -530,7 +548,6 @@ def main(argv=None) -> dict:
         "created": stamp,
         "machine": machine_info(args.threads, device),
         "malloc_tunables": MALLOC_TUNABLES,
-        "reference_official": reference,
         "columns": list(COLUMNS),
         "rows": rows,
         "table": table,
@@ -539,6 +556,59 @@ def main(argv=None) -> dict:
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}", file=sys.stderr)
     return result
+
+
+def main_official(args) -> dict:
+    """``--official DIR``: rockgen and the official code side by side in this process (bench_official)."""
+    import bench_official as bo
+    import torch
+
+    configs = [c.strip() for c in args.preset.split(",") if c.strip()]
+    if bad := sorted(set(configs) - set(bo.CONFIGS)):
+        raise SystemExit(f"--preset with --official: unknown {bad}; choose from {', '.join(bo.CONFIGS)}")
+    if not Path(args.official).is_dir():
+        raise SystemExit(f"--official {args.official}: no such folder (a checkout of phizaz/diffae)")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(args.threads)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or f"bench_results/official_{'-'.join(configs)}_{stamp}.json")
+    variants = [
+        {"channels_last": cl, "compile_nets": comp}
+        for comp in ((False, True) if args.compile else (False,))
+        for cl in LAYOUTS[args.channels_last]
+    ]
+    rows = []
+    for config in configs:
+        for precision in args.precision:
+            for kw in variants:
+                _log_parent(f"== {config} {precision} rockgen {kw} vs official, {args.rounds} round(s)")
+                row = bo.compare(args, device, precision, config, kw)
+                if not args.skip_memory and not kw["compile_nets"]:
+                    row["memory"] = bo.measure_memory(args, device, precision, config, kw)
+                rows.append(row)
+                print(bo.format_rows(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
+    table = bo.format_rows(rows)
+    print(table)
+    result = {
+        "configs": configs,
+        "batch": args.batch,
+        "iters": args.iters,
+        "rounds": args.rounds,
+        "T": args.T,
+        "created": stamp,
+        "machine": machine_info(args.threads, device.type),
+        "official": str(Path(args.official).resolve()),
+        "rows": rows,
+        "table": table,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}", file=sys.stderr)
+    return result
+
+
+def _log_parent(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

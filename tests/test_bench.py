@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -88,3 +91,51 @@ def test_bench_latent_rows_and_json(tmp_path):
 def test_bench_latent_rejects_unknown_net(tmp_path):
     proc = run_script("bench_latent.py", "--nets huge", tmp_path, timeout=60)
     assert proc.returncode == 2 and "unknown net 'huge'" in proc.stderr
+
+
+OFFICIAL = Path(os.environ.get("ROCKGEN_OFFICIAL_DIFFAE", "/work/official/diffae"))
+needs_official = pytest.mark.skipif(
+    not (OFFICIAL / "model" / "unet_autoenc.py").is_file(), reason=f"no official DiffAE checkout at {OFFICIAL}"
+)
+
+
+@needs_official
+@pytest.mark.slow
+def test_bench_official_side_by_side(tmp_path):
+    """--official --quick: both networks at the tiny config (same parameter count), ratios, memory, JSON."""
+    out = tmp_path / "official.json"
+    flags = f"--official {OFFICIAL} --quick --precision fp32 --threads 1"
+    proc = run_script("bench.py", flags, tmp_path, out, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["config"] == "tiny" and row["precision"] == "fp32"
+    for what in ("train", "render", "invert"):
+        for side in ("official", "rockgen"):
+            assert len(row["times_s"][side][what]) == 1 and row["times_s"][side][what][0] > 0
+        expect = row["median_s"]["official"][what] / row["median_s"]["rockgen"][what]
+        assert row["ratio"][what] == pytest.approx(expect, abs=1e-3)
+    mem = row["memory"]
+    assert mem["official"]["train_rss_gb"] > 0 and mem["rockgen"]["train_rss_gb"] > 0
+    assert "train x" in proc.stdout and "OFFICIAL_ROCK64" not in (ROOT / "scripts" / "bench.py").read_text()
+
+
+@needs_official
+def test_official_imports_leave_rockgen_modules_alone():
+    """The official top-level modules (templates, experiment, ...) are imported aside and rockgen's restored."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench_official
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    import templates
+
+    with bench_official.official_imports(OFFICIAL):
+        official_templates = importlib.import_module("templates")
+        assert hasattr(official_templates, "ffhq64_autoenc")
+    assert sys.modules["templates"] is templates and hasattr(templates, "presets")
+    assert "model.unet_autoenc" not in sys.modules
+
+
+def test_bench_official_rejects_missing_folder(tmp_path):
+    proc = run_script("bench.py", f"--official {tmp_path / 'nope'} --quick", tmp_path, timeout=120)
+    assert proc.returncode != 0 and "no such folder" in proc.stderr

@@ -10,8 +10,9 @@ from typing import Any
 
 import hydra
 import pytorch_lightning as pl
-import torch
 from omegaconf import DictConfig, OmegaConf
+
+from rockgen.precision import resolve_precision
 
 CLUSTERS = ("auto", "slurm", "torchelastic", "lightning")
 
@@ -97,31 +98,6 @@ def build_strategy(cfg: DictConfig | None) -> Any:
     )
 
 
-def _resolved_accelerator(accelerator: Any) -> str:
-    acc = str(accelerator or "auto").lower()
-    if acc != "auto":
-        return "gpu" if acc == "cuda" else acc
-    if torch.cuda.is_available():
-        return "gpu"
-    return "mps" if torch.backends.mps.is_available() else "cpu"
-
-
-def check_precision(precision: Any, accelerator: Any) -> None:
-    """Refuse a precision the device cannot run (Lightning would silently switch 16-mixed to bf16 on CPU)."""
-    p, acc = str(precision), _resolved_accelerator(accelerator)
-    if p in ("16-mixed", "16") and acc == "cpu":
-        raise ValueError(
-            f"trainer.precision={p} (fp16 autocast with loss scaling) needs a GPU; this run is on the CPU. "
-            "Use trainer.precision=bf16-mixed (fast on CPUs with native bf16) or 32-true."
-        )
-    if p in ("bf16-mixed", "bf16", "bf16-true") and acc == "gpu" and torch.cuda.is_available():
-        if not torch.cuda.is_bf16_supported():
-            raise ValueError(
-                f"trainer.precision={p}: {torch.cuda.get_device_name()} has no bf16 support (bf16 needs "
-                "Ampere or newer): use trainer.precision=16-mixed or 32-true"
-            )
-
-
 def _check_single_device(strategy_cfg: DictConfig | None, trainer_cfg: DictConfig) -> None:
     if strategy_cfg is not None and strategy_cfg.get("name", "auto") not in ("auto", "single"):
         return
@@ -144,7 +120,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Traine
 
     from rockgen.lit.checkpoint import SafeCheckpointIO
 
-    check_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"))
     # rockgen's epoch-level validation scores are torchmetrics results, already synchronised across ranks:
     # Lightning's advice to all-reduce them again (once per key under DDP) is noise
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting")
@@ -158,6 +133,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **overrides: Any) -> pl.Traine
         strategy=build_strategy(cfg.get("strategy")),
         default_root_dir=str(run_dir),
         plugins=[SafeCheckpointIO(trusted=bool(cfg.get("trusted_checkpoint", False)))],
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
     )
     kwargs.update(overrides)
     return hydra.utils.instantiate(cfg.trainer, **kwargs)

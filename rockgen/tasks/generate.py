@@ -20,6 +20,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from rockgen.lit.checkpoint import load_checkpoint_module
+from rockgen.precision import resolve_precision
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.visual import to_uint8
 
@@ -111,6 +112,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     writer = _Writer(model, out_dir, opts)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), training=False),
         logger=False,
         callbacks=build_callbacks(cfg.get("callbacks"), only=("progress",)),
         strategy=build_strategy(cfg.get("strategy")),

@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 
 from rockgen.latents import Latents, encoder_fingerprint, latent_stats, save_latents
 from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
+from rockgen.precision import resolve_precision
 from rockgen.tasks.build import build_callbacks, build_strategy
 
 
@@ -88,6 +89,7 @@ def infer_latents(cfg: DictConfig) -> dict[str, Any]:
     writer = GatherLatents(out, paths, [labels_of_file[p] for p in paths], meta)
     trainer = hydra.utils.instantiate(
         cfg.trainer,
+        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator"), training=False),
         logger=False,
         callbacks=[writer, *build_callbacks(cfg.get("callbacks"), only=("progress",))],
         strategy=build_strategy(cfg.get("strategy")),
