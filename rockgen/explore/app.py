@@ -255,6 +255,7 @@ def build_app(
                         feat.manipulate_classes,
                         value=feat.manipulate_classes[0] if feat.manipulate_classes else None,
                         label="target class",
+                        allow_custom_value=True,  # the service's message names the classes (and says when off)
                     )
                     alpha = gr.Slider(-1, 1, value=0.3, step=0.05, label="α (step along the class direction, × √D)")
                     man_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
