@@ -220,3 +220,19 @@ def test_conditional_validation_grid_has_a_row_per_class(cond_pipeline):
     grid = Image.open(cond_pipeline["root"] / "latent" / "images" / "samples_step0000003.png")
     # grid_samples=4 over 5 classes: one 96-px (3 x 32) sample per class row
     assert grid.size == (96 + 4, 5 * (96 + 2) + 2)
+
+
+def test_mean_pairwise_distance_of_the_control_script():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from measure_control import mean_pairwise_distance
+
+    d = 4
+    pts = torch.zeros(3, d)
+    pts[1, 0], pts[2, 1] = 2.0, 2.0  # pairwise distances 2, 2, 2√2
+    expected = (2 + 2 + 2 * 2**0.5) / 3 / d**0.5
+    assert abs(mean_pairwise_distance(pts) - expected) < 1e-12
+    assert mean_pairwise_distance(pts[:1]) != mean_pairwise_distance(pts[:1])  # NaN for a single sample
