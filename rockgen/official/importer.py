@@ -83,8 +83,8 @@ def import_official(path: str | Path, out: str | Path | None = None, *, trusted:
     elif "conds_mean" in extras or "conds_std" in extras:
         # autoencoder checkpoints of a run with latent_infer_path: statistics without a latent net to use them
         log.info("%s: conds_mean/conds_std without a latent net; not used", path)
-    mapped["latent_ready"] = torch.tensor(True) if latent else None
-    mapped = {k: v for k, v in mapped.items() if v is not None}
+    if latent:
+        mapped["latent_ready"] = torch.tensor(True)  # sample() may draw z_sem
     model.load_state_dict(mapped, strict=True)
     model.eval()
 
