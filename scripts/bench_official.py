@@ -23,7 +23,6 @@ import contextlib
 import copy
 import importlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -254,6 +253,23 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
     }
 
 
+def _vm_gb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 2**20  # kB
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> float | None:
+    """Reset the kernel's peak-RSS mark (Linux: ``5 > /proc/self/clear_refs``) so importing's transient peak
+    does not hide a small net's training peak; return the current RSS in GB (None where unsupported)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return _vm_gb("VmRSS")
+    except (OSError, KeyError):
+        return None
+
+
 def memory_worker(spec: dict) -> dict:
     """Run in a fresh process: RSS after imports, build one side, 3 training steps, peak memory."""
     import resource
@@ -267,8 +283,7 @@ def memory_worker(spec: dict) -> dict:
 
     with official_imports(Path(spec["official"])):
         importlib.import_module("experiment")
-    # current RSS (not the peak: importing may have peaked higher than a small net's training ever will)
-    base = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    base = _reset_peak_rss()
     if spec["side"] == "official":
         side = Official(Path(spec["official"]), spec["config"], device)
     else:
@@ -280,7 +295,8 @@ def memory_worker(spec: dict) -> dict:
     for _ in range(3):
         with amp:
             side.train_step(x)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = _vm_gb("VmHWM") if base is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    base = base if base is not None else 0.0
     out = {"rss_after_imports_gb": round(base, 3), "peak_rss_gb": round(peak, 3), "train_rss_gb": round(peak - base, 3)}
     if device.type == "cuda":
         out["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
