@@ -29,7 +29,7 @@ from rockgen.lit.common import RockgenModule, build_optimizer, check_images, tra
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
-from rockgen.samplers import ddim_invert, ddim_sample
+from rockgen.samplers import ddim_invert, get_sampler
 
 # The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -131,15 +131,17 @@ class LitModel(RockgenModule):
         cond: torch.Tensor | None = None,
         T: int | None = None,
         progress: bool = False,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
-        """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) by DDIM → images in [0, 1].
+        """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) → images in [0, 1].
 
-        With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint).
+        ``sampler``: ddim | dpmpp_2m | unipc (``rockgen.samplers``), T steps. With ``cond=None`` z_sem is drawn
+        from the latent DDIM (needs a latent-stage checkpoint).
         """
         if cond is None:
-            cond = self.sample_latents(noise.shape[0], noise.device)
+            cond = self.sample_latents(noise.shape[0], noise.device, sampler=sampler)
         x = noise.to(self.device, memory_format=self.memory_format)
-        x0 = ddim_sample(
+        x0 = get_sampler(sampler)(
             self.decoder_fn(cond),
             x,
             self.schedule,
@@ -161,17 +163,22 @@ class LitModel(RockgenModule):
         noise: torch.Tensor | None = None,
         latent_noise: torch.Tensor | None = None,
         progress: bool = False,
+        sampler: str = "ddim",
+        sampler_latent: str | None = None,
     ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
 
         Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself).
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another.
         """
         device = torch.device(device) if device is not None else self.device
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        cond = self.sample_latents(N, device, T_latent, generator=gen, noise=latent_noise)
+        cond = self.sample_latents(
+            N, device, T_latent, generator=gen, noise=latent_noise, sampler=sampler_latent or sampler
+        )
         if noise is None:
             noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
-        return self.render(noise, cond, T, progress=progress)
+        return self.render(noise, cond, T, progress=progress, sampler=sampler)
 
     @property
     def has_latent(self) -> bool:
@@ -186,8 +193,11 @@ class LitModel(RockgenModule):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         normalised: bool = False,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
-        """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation)."""
+        """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation).
+
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves the latent diffusion's ODE in T_latent steps."""
         if not self.has_latent or not bool(self.latent_ready):
             raise RuntimeError(
                 "this checkpoint has no trained latent DDIM, so it cannot sample z_sem: train "
@@ -198,7 +208,7 @@ class LitModel(RockgenModule):
             noise = torch.randn(n, self.latent_mean.shape[0], generator=generator, device=device)
         d = self.latent_conf.diffusion
         net = self.ema_model.latent_net
-        zn = ddim_sample(
+        zn = get_sampler(sampler)(
             lambda z, t: net(z, t),
             noise.to(self.device).float(),
             self.latent_schedule,

@@ -31,7 +31,7 @@ from rockgen.lit.common import (
     trainer_precision,
 )
 from rockgen.models import ConditionalUNet, UNetConfig
-from rockgen.samplers import ddim_sample, ddpm_sample
+from rockgen.samplers import ddpm_sample, get_sampler
 from rockgen.visual import save_grid
 
 log = logging.getLogger(__name__)
@@ -122,12 +122,14 @@ class PixelDiffusion(RockgenModule):
         eta: float = 0.0,
         variance: str = "fixed_large",
         progress: bool = False,
+        sampler: str = "ddim",
         **unused: Any,
     ) -> torch.Tensor:
         """N unconditional images (N, 3, S, S) in [0, 1] by DDIM-T (default ``evaluation.T[-1]``) or DDPM.
 
         ``method="ddpm"``: ancestral sampling over T respaced steps (default all ``num_timesteps``). ``seed``
-        fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored.
+        fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored. With ``method="ddim"`` the ODE
+        is solved by ``sampler`` (ddim | dpmpp_2m | unipc; η > 0 needs ddim).
         """
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
@@ -139,7 +141,8 @@ class PixelDiffusion(RockgenModule):
         d = self.diffusion_conf
         kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress)
         if method == "ddim":
-            x0 = ddim_sample(self.denoiser_fn(), x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
+            fn = get_sampler(sampler)
+            x0 = fn(self.denoiser_fn(), x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
         else:
             x0 = ddpm_sample(self.denoiser_fn(), x, self.schedule, T, variance=variance, **kw)
         return ((x0.float() + 1) / 2).clamp(0, 1)
