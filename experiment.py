@@ -22,6 +22,7 @@ import warnings
 
 import torch
 
+from rockgen.conditioning import latent_class_list, requested_classes
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule
 from rockgen.ema import ema_decay, ema_update_module_
@@ -29,7 +30,7 @@ from rockgen.lit.common import RockgenModule, build_optimizer, check_images, tra
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
-from rockgen.samplers import ddim_invert, get_sampler
+from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
 
 # The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -68,6 +69,9 @@ class LitModel(RockgenModule):
             latent=to_plain(latent),
             stage=stage,
         )
+        if hp["latent"] is not None and hp["latent"].get("classes") is not None:
+            # fixed at build time and saved, so a checkpoint always maps class indices to the same names
+            hp["latent"]["classes"] = latent_class_list(hp["latent"])
         self.save_hyperparameters(hp)
         if stage not in STAGES:
             raise ValueError(f"unknown model.stage {stage!r}; choose one of {sorted(STAGES)}")
@@ -84,7 +88,9 @@ class LitModel(RockgenModule):
         self.image_size = unet_cfg.image_size
         lat_cfg = None
         if self.latent_conf is not None:
-            lat_cfg = LatentMLPConfig(**{"num_channels": enc_cfg.out_channels, **self.latent_conf.net})
+            n_cls = len(self.latent_conf.classes or [])
+            lat_net = {"num_channels": enc_cfg.out_channels, "num_classes": n_cls, **self.latent_conf.net}
+            lat_cfg = LatentMLPConfig(**lat_net)
             self.latent_schedule = _schedule(self.latent_conf.diffusion)
             self.register_buffer("latent_mean", torch.zeros(enc_cfg.out_channels))
             self.register_buffer("latent_std", torch.ones(enc_cfg.out_channels))
@@ -163,19 +169,25 @@ class LitModel(RockgenModule):
         noise: torch.Tensor | None = None,
         latent_noise: torch.Tensor | None = None,
         progress: bool = False,
+        cls=None,
+        guidance: float | None = None,
         sampler: str = "ddim",
         sampler_latent: str | None = None,
     ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
 
-        Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself).
+        Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself). A
+        class-conditional checkpoint takes ``cls`` (a name, index, or one per sample) and classifier-free
+        ``guidance`` w (0 unconditional, 1 conditional (default with cls), > 1 guided).
         ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another.
         """
         device = torch.device(device) if device is not None else self.device
+        self.check_condition(cls, guidance)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         cond = self.sample_latents(
-            N, device, T_latent, generator=gen, noise=latent_noise, sampler=sampler_latent or sampler
-        )
+            N, device, T_latent, generator=gen, noise=latent_noise, cls=cls, guidance=guidance,
+            sampler=sampler_latent or sampler,
+        )  # fmt: skip
         if noise is None:
             noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
         return self.render(noise, cond, T, progress=progress, sampler=sampler)
@@ -183,6 +195,23 @@ class LitModel(RockgenModule):
     @property
     def has_latent(self) -> bool:
         return self.latent_conf is not None
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names of a class-conditional latent DDIM (index order), None for an unconditional one."""
+        return list(self.latent_conf.classes) if self.has_latent and self.latent_conf.classes else None
+
+    def check_condition(self, cls=None, guidance: float | None = None) -> None:
+        """Raise a clear error for a class request this checkpoint cannot serve (before any sampling)."""
+        if guidance is not None and not self.classes:
+            raise ValueError(
+                f"guidance={guidance} needs a class-conditional checkpoint; this one's latent DDIM is unconditional "
+                "(train it with model.latent.classes=auto)"
+            )
+        if guidance is not None and cls is None:
+            raise ValueError(f"guidance={guidance} needs a class: give class=<one of {self.classes}>")
+        if cls is not None:
+            requested_classes(cls, 1 if isinstance(cls, (str, int)) else len(cls), self.classes)
 
     @torch.no_grad()
     def sample_latents(
@@ -193,11 +222,15 @@ class LitModel(RockgenModule):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         normalised: bool = False,
+        cls=None,
+        guidance: float | None = None,
         sampler: str = "ddim",
     ) -> torch.Tensor:
         """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation).
 
-        ``sampler`` (ddim | dpmpp_2m | unipc) solves the latent diffusion's ODE in T_latent steps."""
+        ``cls``/``guidance`` as in ``sample``; with no class a conditional net runs its unconditional branch.
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves the latent diffusion's ODE in T_latent steps.
+        """
         if not self.has_latent or not bool(self.latent_ready):
             raise RuntimeError(
                 "this checkpoint has no trained latent DDIM, so it cannot sample z_sem: train "
@@ -208,8 +241,14 @@ class LitModel(RockgenModule):
             noise = torch.randn(n, self.latent_mean.shape[0], generator=generator, device=device)
         d = self.latent_conf.diffusion
         net = self.ema_model.latent_net
+        model_fn = net
+        if cls is not None or guidance is not None:
+            self.check_condition(cls, guidance)
+            idx = requested_classes(cls, n, self.classes, device=self.device)
+            w = 1.0 if guidance is None else guidance
+            model_fn = guided_model_fn(lambda z, t, c: net(z, t, cls=c), idx, net.null_class, w)
         zn = get_sampler(sampler)(
-            lambda z, t: net(z, t),
+            model_fn,
             noise.to(self.device).float(),
             self.latent_schedule,
             T_latent or self.latent_conf.T_latent,

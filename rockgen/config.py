@@ -105,10 +105,18 @@ class LatentConf:
     autoenc_ckpt: str | None = None  # the trained autoencoder (stage 1) whose codes are modelled
     latents_path: str | None = None  # its latents file (task=infer_latents)
     T_latent: int = 20  # default latent DDIM steps of sample()
-    grid_samples: int = 16  # unconditional samples drawn at each validation
+    grid_samples: int = 16  # samples drawn at each validation (conditional: spread over the classes)
     seed: int = 0
+    # Class conditioning + classifier-free guidance: "auto" = the sorted labels of the latents file (sub-folders
+    # or labels_csv), a list = exactly these classes, null = unconditional (the official latent DDIM).
+    classes: Any = None
+    labels_csv: str | None = None  # path,label rows; default: the sub-folder names recorded in the latents file
+    label_dropout: float = 0.1  # P(label -> "no class") in training: one net is conditional and unconditional
+    guidance: float = 2.0  # w of the validation grid (sample() takes its own guidance=)
 
     def __post_init__(self) -> None:
         self.diffusion = parse(DiffusionConf, self.diffusion, "model.latent.diffusion")
         self.optim = parse(OptimConf, self.optim, "model.latent.optim")
         self.ema = parse(EMAConf, self.ema, "model.latent.ema")
+        if not 0.0 <= float(self.label_dropout) < 1.0:
+            raise ValueError(f"model.latent.label_dropout must be in [0, 1), got {self.label_dropout}")

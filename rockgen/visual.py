@@ -28,6 +28,13 @@ def grid_array(images01: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return out
 
 
+def upscale_to(images01: torch.Tensor, min_size: int = 96) -> torch.Tensor:
+    """Nearest-neighbour upscale (N, 3, H, W) by the smallest integer factor that makes H ≥ ``min_size``:
+    32-px tiles become visible in a grid, with every pixel kept as a sharp block."""
+    factor = max(1, -(-int(min_size) // images01.shape[-2]))
+    return images01.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else images01
+
+
 def save_grid(images01: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Save a PNG grid of (N, 3, H, W) images in [0, 1]; creates the parent folder."""
     path = Path(path)

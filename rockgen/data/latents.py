@@ -14,7 +14,8 @@ from rockgen.latents import Latents, load_latents
 
 
 class LatentDataModule(pl.LightningDataModule):
-    """Codes z (N, D) from ``task=infer_latents``; batches are dicts ``{"z": (B, D)}`` of raw (unnormalised) z.
+    """Codes z (N, D) from ``task=infer_latents``; batches are dicts ``{"z": (B, D), "index": (B,)}`` of raw
+    (unnormalised) z and their rows in the latents file.
 
     Whole batches are drawn by one fancy-indexing op (``__getitems__``), not by collating B rows: at batch 256
     the per-row collate would cost more than the latent network's step. The training order is the tiles'
@@ -48,6 +49,8 @@ class LatentDataModule(pl.LightningDataModule):
         every = max(2, round(1 / self.val_fraction)) if self.val_fraction > 0 else n + 1
         is_val = torch.arange(n) % every == every - 1
         self.train_z, self.val_z = self.latents.z[~is_val], self.latents.z[is_val]
+        rows = torch.arange(n)  # each batch carries its rows of the latents file (their class labels)
+        self.train_rows, self.val_rows = rows[~is_val], rows[is_val]
         if len(self.train_z) < self.batch_size:
             raise ValueError(
                 f"{self.latents_path} has {len(self.train_z)} training codes, fewer than one global batch of "
@@ -57,7 +60,7 @@ class LatentDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.latents is None:
             self.setup("fit")
-        codes = _Codes(self.train_z)
+        codes = _Codes(self.train_z, self.train_rows)
         loader = ResumableLoader(
             codes,
             batch_size=self.per_rank_batch_size,
@@ -72,9 +75,12 @@ class LatentDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         if self.latents is None:
             self.setup("validate")
-        z = self.val_z if len(self.val_z) else self.train_z[: self.per_rank_batch_size]
+        if len(self.val_z):
+            z, rows = self.val_z, self.val_rows
+        else:
+            z, rows = self.train_z[: self.per_rank_batch_size], self.train_rows[: self.per_rank_batch_size]
         return DataLoader(
-            _Codes(z),
+            _Codes(z, rows),
             batch_size=self.per_rank_batch_size,
             shuffle=False,
             collate_fn=_already_batched,
@@ -84,10 +90,11 @@ class LatentDataModule(pl.LightningDataModule):
 
 class _Codes(Dataset):
     """Rows of z; ``__getitems__`` (what the DataLoader's fetcher calls with a batch of keys) returns the whole
-    ``{"z": (B, D)}`` batch. Keys are row indices or the ``(index, item_seed)`` pairs of ``EpochSampler``."""
+    ``{"z": (B, D), "index": (B,)}`` batch (index = row in the latents file). Keys are row indices or the
+    ``(index, item_seed)`` pairs of ``EpochSampler``."""
 
-    def __init__(self, z: torch.Tensor) -> None:
-        self.z = z
+    def __init__(self, z: torch.Tensor, rows: torch.Tensor) -> None:
+        self.z, self.rows = z, rows
 
     def __len__(self) -> int:
         return self.z.shape[0]
@@ -97,7 +104,7 @@ class _Codes(Dataset):
 
     def __getitems__(self, keys: list) -> dict[str, torch.Tensor]:
         rows = [k[0] if isinstance(k, tuple) else int(k) for k in keys]
-        return {"z": self.z[rows]}
+        return {"z": self.z[rows], "index": self.rows[rows]}
 
 
 def _already_batched(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rockgen.conditioning import class_index_of_codes, code_labels_strict, resolve_classes
 from rockgen.latents import encoder_fingerprint, load_latents
 from rockgen.lit.checkpoint import read_checkpoint
 
@@ -47,3 +48,9 @@ def load_autoencoder_and_latents(module) -> None:
     module.latent_mean.copy_(lat.mean)
     module.latent_std.copy_(lat.std)
     module.latent_ready.fill_(True)
+    module.code_class = None
+    if conf.classes:
+        # class index of every row of the latents file (null = unlabelled); batches carry their row indices
+        labels = code_labels_strict(lat.paths, lat.labels, conf.labels_csv)
+        resolve_classes(labels, list(conf.classes), "model.latent.classes")  # each class still has codes
+        module.code_class = class_index_of_codes(labels, conf.classes, f"model.latent.latents_path={conf.latents_path}")

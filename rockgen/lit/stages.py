@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 
+from rockgen.conditioning import drop_labels
 from rockgen.diffusion import q_sample, regression_loss, sample_timesteps, to_eps_and_x0, training_target
 from rockgen.lit.common import check_finite_loss, log_image_file, run_dir_of
-from rockgen.visual import save_grid
+from rockgen.visual import save_grid, upscale_to
 
 
 def diffusion_loss(
@@ -98,14 +99,21 @@ class LatentStage:
     def ema_pair(self, module) -> tuple[torch.nn.Module, torch.nn.Module]:
         return module.ema_model.latent_net, module.model.latent_net
 
-    def _loss(self, module, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        zn = (z.float() - module.latent_mean) / module.latent_std
+    def _loss(
+        self, module, batch: dict[str, Any], generator: torch.Generator | None = None, dropout: float = 0.0
+    ) -> torch.Tensor:
+        zn = (batch["z"].float() - module.latent_mean) / module.latent_std
         net = module.model.latent_net
-        per, *_ = diffusion_loss(module.latent_conf.diffusion, module.latent_schedule, net, zn, generator)
+        net_fn = net
+        if getattr(module, "code_class", None) is not None:
+            # classifier-free guidance training: the row's class, replaced by the null token with p = dropout
+            cls = drop_labels(module.code_class[batch["index"].cpu()].to(zn.device), net.null_class, dropout, generator)
+            net_fn = lambda x, t: net(x, t, cls=cls)  # noqa: E731
+        per, *_ = diffusion_loss(module.latent_conf.diffusion, module.latent_schedule, net_fn, zn, generator)
         return per.mean()
 
     def training_step(self, module, batch: dict[str, Any]) -> torch.Tensor:
-        loss = self._loss(module, batch["z"])
+        loss = self._loss(module, batch, dropout=module.latent_conf.label_dropout)
         check_finite_loss(module, loss)
         module.log("train/latent_loss", loss.detach(), prog_bar=True, batch_size=batch["z"].shape[0])
         return loss
@@ -115,7 +123,7 @@ class LatentStage:
 
     def validation_step(self, module, batch: dict[str, Any], batch_idx: int) -> None:
         gen = torch.Generator(device=module.device).manual_seed(module.latent_conf.seed + batch_idx)
-        loss = self._loss(module, batch["z"], generator=gen)  # fixed t and noise: comparable across epochs
+        loss = self._loss(module, batch, generator=gen)  # fixed t and noise: comparable across epochs
         module.log("val/latent_loss", loss, sync_dist=True, batch_size=batch["z"].shape[0])
 
     def on_validation_epoch_end(self, module) -> None:
@@ -124,7 +132,14 @@ class LatentStage:
         conf = module.latent_conf
         n = conf.grid_samples
         gen = torch.Generator(device=module.device).manual_seed(conf.seed)
-        zn = module.sample_latents(n, module.device, generator=gen, normalised=True)
+        cls, guidance, nrow = None, None, int(n**0.5 + 0.999)
+        if module.classes:
+            # one row per class (the grid shows control, not the first classes only)
+            k = len(module.classes)
+            nrow = max(1, n // k)
+            n = nrow * k
+            cls, guidance = torch.arange(k).repeat_interleave(nrow).tolist(), conf.guidance
+        zn = module.sample_latents(n, module.device, generator=gen, normalised=True, cls=cls, guidance=guidance)
         # samples of a well-trained latent DDIM have unit variance in normalised space
         module.log("val/sample_std", zn.std(), sync_dist=False)
         if module.global_rank == 0:
@@ -133,8 +148,9 @@ class LatentStage:
                 module.denormalise_latents(zn),
             )
             path = run_dir_of(module) / "images" / f"samples_step{module.global_step:07d}.png"
-            save_grid(images, path, nrow=int(n**0.5 + 0.999))
-            log_image_file(module, "val/samples", path, caption=f"unconditional samples, step {module.global_step}")
+            save_grid(upscale_to(images, 96), path, nrow=nrow)
+            what = f"rows: {module.classes}, guidance {guidance}" if cls is not None else "unconditional samples"
+            log_image_file(module, "val/samples", path, caption=f"{what}, step {module.global_step}")
 
 
 STAGES = {"autoenc": AutoencStage, "latent": LatentStage}

@@ -7,9 +7,16 @@ Official key mapping: `time_embed.{0,2}.*` and `layers.{i}.{linear,norm}.*` are 
 `layers.{i}.linear_emb.*` and `layers.{i}.cond_layers.1.*` are the *same* tensor registered twice -- load
 `cond_layers.1.*` and drop `linear_emb.*`.
 
+Conditioning (rockgen, not in the official code): with ``num_classes = K > 0`` a class embedding (K + 1 rows;
+row K is the "no class" token used for label dropout and classifier-free guidance) and with ``zoom_embed`` a
+sinusoidal embedding of a continuous log-scale are *added* to the time embedding, so they scale every hidden
+layer exactly as t does. With K = 0 and no zoom the network and its state dict are the official ones.
+
 Usage:
     net = MLPSkipNet(LatentMLPConfig())
     eps = net(z_t, t)    # z_t (B, 512), t (B,) in [0, 999] -> (B, 512)
+    net = MLPSkipNet(LatentMLPConfig(num_classes=5))
+    eps = net(z_t, t, cls=torch.tensor([0, 3, 5]))   # 5 = the null class (unconditional)
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ class LatentMLPConfig:
     skip_layers: Sequence[int] | None = None  # layers that also see cat([h, x]); None = all but layer 0
     use_norm: bool = True  # LayerNorm after the time scaling in hidden layers
     dropout: float = 0.0  # after the activation of hidden layers
+    num_classes: int = 0  # K > 0: class-conditional (embedding of K classes + one null token)
+    zoom_embed: bool = False  # a continuous zoom/scale input (e.g. log2 of metres per pixel) is embedded too
 
 
 class MLPLNAct(nn.Module):
@@ -84,6 +93,8 @@ class MLPSkipNet(nn.Module):
         for name in ("num_channels", "hidden_channels", "time_channels", "time_embed_channels"):
             if getattr(cfg, name) < 1:
                 raise ValueError(f"LatentMLPConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+        if cfg.num_classes < 0:
+            raise ValueError(f"LatentMLPConfig.num_classes must be >= 0, got {cfg.num_classes}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"LatentMLPConfig.dropout must be in [0, 1), got {cfg.dropout}")
         skips = range(1, cfg.num_layers) if cfg.skip_layers is None else as_tuple(cfg.skip_layers)
@@ -94,6 +105,11 @@ class MLPSkipNet(nn.Module):
 
         d, hid, emb = cfg.num_channels, cfg.hidden_channels, cfg.time_embed_channels
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_channels, emb), nn.SiLU(), nn.Linear(emb, emb))
+        # Optional conditions live beside the official modules, so an unconditional net's keys are unchanged.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes > 0 else None
+        self.zoom_embed = (
+            nn.Sequential(nn.Linear(cfg.time_channels, emb), nn.SiLU(), nn.Linear(emb, emb)) if cfg.zoom_embed else None
+        )
         self.layers = nn.ModuleList()
         for i in range(cfg.num_layers):
             last = i == cfg.num_layers - 1
@@ -109,8 +125,23 @@ class MLPSkipNet(nn.Module):
                 )
             )
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """x = z̃_t (B, D) normalised noisy z_sem, t (B,) in [0, 999] -> ε̂ (B, D)."""
+    @property
+    def null_class(self) -> int:
+        """Index of the "no class" token (= num_classes): label dropout and the unconditional CFG branch."""
+        return self.cfg.num_classes
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cls: torch.Tensor | None = None,
+        zoom: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x = z̃_t (B, D) normalised noisy z_sem, t (B,) in [0, 999] -> ε̂ (B, D).
+
+        cls (B,) int64 in [0, K] (K = null; None = all null) for a class-conditional net; zoom (B,) float
+        (None = 0) for a zoom-conditional one. Passing a condition the net was not built for is an error.
+        """
         uniform_t = t.ndim == 1 and t.shape[0] > 1 and not torch.is_grad_enabled()
         if SHARE_TIMESTEP and uniform_t and bool((t == t[0]).all()):
             # Sampling: one t for the whole batch. The time MLP and every layer's scale then run on one row
@@ -118,8 +149,33 @@ class MLPSkipNet(nn.Module):
             t = t[:1]
         t_emb = timestep_embedding(t, self.cfg.time_channels).to(self.time_embed[0].weight.dtype)
         t_emb = self.time_embed(t_emb)  # (B or 1, time_embed_channels)
+        t_emb = self._add_conditions(t_emb, x.shape[0], cls, zoom)
         h = x
         for layer, skip in zip(self.layers, self.skip, strict=True):
             # Re-inject the input so a deep MLP keeps direct access to z_t (official skip_layers).
             h = layer(torch.cat([h, x], dim=1) if skip else h, t_emb)
         return h
+
+    def _add_conditions(
+        self, t_emb: torch.Tensor, batch: int, cls: torch.Tensor | None, zoom: torch.Tensor | None
+    ) -> torch.Tensor:
+        """t_emb (B or 1, E) + class embedding + zoom embedding -> (B or 1, E)."""
+        if cls is not None and self.class_embed is None:
+            raise ValueError("this latent net is unconditional (LatentMLPConfig.num_classes=0): it takes no cls")
+        if zoom is not None and self.zoom_embed is None:
+            raise ValueError("this latent net has no zoom input (LatentMLPConfig.zoom_embed=False)")
+        if self.class_embed is not None:
+            if cls is None:
+                cls = torch.full((batch,), self.null_class, dtype=torch.long, device=t_emb.device)
+            if cls.shape != (batch,):
+                raise ValueError(f"cls must have shape ({batch},), got {tuple(cls.shape)}")
+            t_emb = t_emb + self.class_embed(cls.to(t_emb.device)).to(t_emb.dtype)
+        if self.zoom_embed is not None:
+            if zoom is None:
+                zoom = torch.zeros(batch, device=t_emb.device)
+            if zoom.shape != (batch,):
+                raise ValueError(f"zoom must have shape ({batch},), got {tuple(zoom.shape)}")
+            # log-scale values are O(1): spread them over the sinusoid's range as t spreads 0..999
+            z_emb = timestep_embedding(zoom.float() * 100.0, self.cfg.time_channels).to(t_emb.dtype)
+            t_emb = t_emb + self.zoom_embed(z_emb)
+        return t_emb

@@ -1,8 +1,10 @@
-"""Samplers as plain functions over ``model_fn(x_t, t)``: DDIM, DDIM inversion, DDPM ancestral, and the fast
-multistep ODE solvers DPM-Solver++(2M) and UniPC (``sampler=ddim|dpmpp_2m|unipc``)."""
+"""Samplers as plain functions over ``model_fn(x_t, t)``: DDIM, DDIM inversion, DDPM ancestral, the fast
+multistep ODE solvers DPM-Solver++(2M) and UniPC (``sampler=ddim|dpmpp_2m|unipc``), and classifier-free
+guidance (a wrapper that turns a class-conditional network into a ``model_fn``)."""
 
 from rockgen.samplers.ddim import ddim_invert, ddim_sample, ddim_step, ddim_timesteps
 from rockgen.samplers.ddpm import ddpm_sample
+from rockgen.samplers.guidance import cfg_combine, guided_model_fn
 from rockgen.samplers.multistep import dpmpp_2m_sample, unipc_sample
 
 SAMPLERS = {"ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
@@ -17,6 +19,7 @@ def get_sampler(name: str):
 
 __all__ = [
     "SAMPLERS",
+    "cfg_combine",
     "ddim_invert",
     "ddim_sample",
     "ddim_step",
@@ -24,5 +27,6 @@ __all__ = [
     "ddpm_sample",
     "dpmpp_2m_sample",
     "get_sampler",
+    "guided_model_fn",
     "unipc_sample",
 ]

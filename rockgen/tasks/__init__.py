@@ -23,6 +23,7 @@ TASKS = {
     "generate": "rockgen.tasks.generate:generate",
     "interpolate": "rockgen.tasks.interpolate:interpolate_task",
     "manipulate": "rockgen.tasks.manipulate:manipulate_task",
+    "explore": "rockgen.tasks.explore:explore_task",
 }
 
 

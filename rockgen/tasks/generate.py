@@ -102,6 +102,13 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             f"{cfg.ckpt_path} is an autoencoder-only DiffAE checkpoint: train the latent DDIM "
             "(template=<res>_latent or scripts/pipeline.sh) and generate from that checkpoint"
         )
+    sample_kwargs = dict(cfg.get("sample_kwargs") or {})
+    cls, guidance = cfg.get("class"), cfg.get("guidance")
+    if cls is not None or guidance is not None:
+        if not hasattr(model, "check_condition"):
+            raise ValueError(f"class=/guidance=: {cfg.ckpt_path} holds a {type(model).__name__}, which has no classes")
+        model.check_condition(cls, None if guidance is None else float(guidance))  # before any work
+        sample_kwargs.update(cls=cls, guidance=None if guidance is None else float(guidance))
     run_dir = Path(cfg.paths.run_dir)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,7 +119,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.seed),
         target_size=cfg.target_size,
         grid_size=int(cfg.grid_size),
-        sample_kwargs=dict(cfg.get("sample_kwargs") or {}),
+        sample_kwargs=sample_kwargs,
     )
     writer = _Writer(model, out_dir, opts)
     trainer = hydra.utils.instantiate(
