@@ -31,6 +31,7 @@ from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
 from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
+from rockgen.seamless import seamless_padding
 
 # The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -138,24 +139,27 @@ class LitModel(RockgenModule):
         T: int | None = None,
         progress: bool = False,
         sampler: str = "ddim",
+        seamless: bool = False,
     ) -> torch.Tensor:
         """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) → images in [0, 1].
 
-        ``sampler``: ddim | dpmpp_2m | unipc (``rockgen.samplers``), T steps. With ``cond=None`` z_sem is drawn
-        from the latent DDIM (needs a latent-stage checkpoint).
+        ``sampler``: ddim | dpmpp_2m | unipc (``rockgen.samplers``), T steps. ``seamless``: periodic tiles
+        (circular padding in the decoder, ``rockgen.seamless``). With ``cond=None`` z_sem is drawn from the
+        latent DDIM (needs a latent-stage checkpoint).
         """
         if cond is None:
             cond = self.sample_latents(noise.shape[0], noise.device, sampler=sampler)
         x = noise.to(self.device, memory_format=self.memory_format)
-        x0 = get_sampler(sampler)(
-            self.decoder_fn(cond),
-            x,
-            self.schedule,
-            T or self.eval_conf.render_T,
-            clip_x0=self.diffusion_conf.clip_x0,
-            prediction=self.diffusion_conf.prediction,
-            progress=progress,
-        )
+        with seamless_padding(self.ema_model.decoder, enabled=seamless):
+            x0 = get_sampler(sampler)(
+                self.decoder_fn(cond),
+                x,
+                self.schedule,
+                T or self.eval_conf.render_T,
+                clip_x0=self.diffusion_conf.clip_x0,
+                prediction=self.diffusion_conf.prediction,
+                progress=progress,
+            )
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
@@ -173,13 +177,15 @@ class LitModel(RockgenModule):
         guidance: float | None = None,
         sampler: str = "ddim",
         sampler_latent: str | None = None,
+        seamless: bool = False,
     ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
 
         Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself). A
         class-conditional checkpoint takes ``cls`` (a name, index, or one per sample) and classifier-free
         ``guidance`` w (0 unconditional, 1 conditional (default with cls), > 1 guided).
-        ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another.
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another;
+        ``seamless`` makes each tile periodic.
         """
         device = torch.device(device) if device is not None else self.device
         self.check_condition(cls, guidance)
@@ -190,7 +196,7 @@ class LitModel(RockgenModule):
         )  # fmt: skip
         if noise is None:
             noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
-        return self.render(noise, cond, T, progress=progress, sampler=sampler)
+        return self.render(noise, cond, T, progress=progress, sampler=sampler, seamless=seamless)
 
     @property
     def has_latent(self) -> bool:

@@ -56,6 +56,8 @@ class _Writer(pl.LightningModule):
         kw = dict(o["sample_kwargs"])
         if "sampler" in inspect.signature(self.model.sample).parameters:  # diffusion models (not the VAE)
             kw.setdefault("sampler", o["sampler"])
+        if o["seamless"]:
+            kw["seamless"] = True
         images = self.model.sample(n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **kw)
         for i, arr in enumerate(to_uint8(images)):
             img = Image.fromarray(arr)
@@ -109,6 +111,8 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"class=/guidance=: {cfg.ckpt_path} holds a {type(model).__name__}, which has no classes")
         model.check_condition(cls, None if guidance is None else float(guidance))  # before any work
         sample_kwargs.update(cls=cls, guidance=None if guidance is None else float(guidance))
+    if cfg.get("seamless") and "seamless" not in inspect.signature(model.sample).parameters:
+        raise ValueError(f"seamless=true needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     run_dir = Path(cfg.paths.run_dir)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +120,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         T=cfg.T,
         T_latent=cfg.T_latent,
         sampler=sampler,
+        seamless=bool(cfg.get("seamless", False)),
         seed=int(cfg.seed),
         target_size=cfg.target_size,
         grid_size=int(cfg.grid_size),
