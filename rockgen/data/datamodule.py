@@ -38,6 +38,7 @@ from rockgen.data.fit import FITS
 from rockgen.data.images import DEFAULT_MAX_IMAGE_PIXELS, SettingError, find_images
 from rockgen.data.rasters import Raster, SourceRules, open_large_sources, valid_cells
 from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler
+from rockgen.data.shards import ShardDataset, manifest_path, read_manifest, split_shards
 from rockgen.data.split import held_out_groups, relative_keys, split_cells, xyz_block_groups
 from rockgen.data.tiles import TileDataset, normalize_augment, probe_images
 
@@ -153,6 +154,7 @@ class TileDataModule(pl.LightningDataModule):
         self.save_hyperparameters(logger=False)
         self._files: list[str] | None = None
         self._sizes: list[tuple[int, int]] = []
+        self._shards: Path | None = None  # root is a shard directory (rockgen.data.shards)
         self._rasters: list[Raster | None] = []  # per file: read by window, or None (decoded whole)
         self._cells: list[np.ndarray | None] = []  # per raster file: its usable grid cells
         self.train_files: list[str] = []  # after setup("fit"): the split, for logging / reproducibility
@@ -183,6 +185,10 @@ class TileDataModule(pl.LightningDataModule):
         if self.root is None:
             self._write_demo()  # cached: returns at once after prepare_data
         root = self.data_root
+        self._shards = manifest_path(root) if self.root is not None else None
+        if self._shards is not None:  # one stat, no directory listing: the manifest knows the tiles
+            self._files = read_manifest(self._shards, self.image_size)["groups"]
+            return
         found = [root] if root.is_file() else find_images(root, self.extensions, self.zoom)
         files, probed = probe_images(found, strict=self.strict, probe=self.rules.probe)
         sizes = [(w, h) for w, h, _ in probed]
@@ -225,6 +231,8 @@ class TileDataModule(pl.LightningDataModule):
         else:
             self.per_rank_val_batch_size = self._split_batch("val_batch_size", self.val_batch_size, world)
         self._scan()
+        if self._shards is not None:
+            return self._setup_shards(stage)
         if stage in (None, "fit", "validate") and self.train_set is None:
             (train_files, train_cells), (val_files, val_cells) = self._split()
             self.train_files, self.val_files = train_files, val_files
@@ -247,30 +255,54 @@ class TileDataModule(pl.LightningDataModule):
             mode = "grid" if self.crop == "grid" else "center_crop"
             self.predict_set = self._dataset(self._files, mode, None, dict(zip(self._files, self._cells, strict=True)))
 
+    def _setup_shards(self, stage: str | None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            seed = self.split_seed
+            self.train_set, val = split_shards(self._shards, self.image_size, self.val_fraction, seed, self.augment)
+            self.val_set = None if val is None else _evenly_spaced(val, self.val_max_items)
+            if val is None:
+                warnings.warn(f"no validation tiles in {self._shards}: validation is skipped", stacklevel=3)
+        if stage in (None, "predict") and self.predict_set is None:
+            self.predict_set = ShardDataset(self._shards, self.image_size)
+
+    def item_groups(self) -> list[str]:
+        """Split group of each predict item (grid tiles): what ``task=convert`` stores with each tile."""
+        if self.predict_set is None:
+            self.setup("predict")
+        ds, out = self.predict_set, []
+        groups = self._groups()
+        for f, count in enumerate(ds.counts.tolist()):
+            g = groups[self._files.index(ds.files[f])]
+            out += [g] * count if isinstance(g, str) else [g[k] for k in range(count)]
+        return out
+
+    def _groups(self) -> list:
+        """Per file its split group (str), or for a windowed raster one group per usable grid cell (list)."""
+        keys = relative_keys(self._files, self._key_root())
+        groups = xyz_block_groups(keys, self.xyz_split_block) if self.xyz_split_block else list(keys)
+        block = self.xyz_split_block or 8
+        return [
+            groups[f] if r is None else split_cells(keys[f], self._cells[f], r.width // self.image_size, block)[0]
+            for f, r in enumerate(self._rasters)
+        ]
+
     def _key_root(self) -> Path:
         return self.data_root.parent if self.data_root.is_file() else self.data_root
 
     def _split(self):
         """``((train_files, train_cells), (val_files, val_cells))``: small files by file (XYZ tiles by block),
         windowed rasters by ``xyz_split_block``-square blocks of grid cells, all ranked by one rule."""
-        keys = relative_keys(self._files, self._key_root())
-        groups = xyz_block_groups(keys, self.xyz_split_block) if self.xyz_split_block else list(keys)
-        block = self.xyz_split_block or 8
-        all_groups = []
-        for f, (key, r) in enumerate(zip(keys, self._rasters, strict=True)):
-            if r is None:
-                all_groups.append(groups[f])
-            else:
-                all_groups += split_cells(key, self._cells[f], r.width // self.image_size, block)[0]
-        held = held_out_groups(all_groups, self.val_fraction, self.split_seed)
+        groups = self._groups()
+        held = held_out_groups(
+            [g for gs in groups for g in ([gs] if isinstance(gs, str) else gs)], self.val_fraction, self.split_seed
+        )
         train, val = ([], {}), ([], {})
-        for f, (path, key, r) in enumerate(zip(self._files, keys, self._rasters, strict=True)):
-            if r is None:
-                side = val if groups[f] in held else train
-                side[0].append(path)
+        for f, path in enumerate(self._files):
+            if isinstance(groups[f], str):
+                (val if groups[f] in held else train)[0].append(path)
                 continue
-            _, tr, va = split_cells(key, self._cells[f], r.width // self.image_size, block, held)
-            for side, c in ((train, tr), (val, va)):
+            in_val = np.fromiter((g in held for g in groups[f]), bool, count=len(groups[f]))
+            for side, c in ((train, self._cells[f][~in_val]), (val, self._cells[f][in_val])):
                 if len(c):
                     side[0].append(path)
                     side[1][path] = c
@@ -344,6 +376,8 @@ class TileDataModule(pl.LightningDataModule):
         if self.predict_set is None:
             self.setup("predict")
         ds = self.predict_set
+        if isinstance(ds, ShardDataset):  # the tiles' split groups stand in for files
+            return ds.group_ids[ds.indices].tolist()
         return np.repeat(np.arange(len(ds.files)), ds.counts).tolist()
 
     def predict_paths(self) -> list[str]:

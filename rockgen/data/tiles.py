@@ -143,6 +143,20 @@ def to_model_range(tile: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
 
 
+def d4_augment(x: torch.Tensor, augment: Mapping[str, bool], gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips / 90-degree rotations of ``(3, S, S)`` (the dihedral group D4 of a nadir tile), drawn from
+    ``gen`` in a fixed order so that one seed gives one transform."""
+    if augment["hflip"] and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-1)
+    if augment["vflip"] and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-2)
+    if augment["rot90"]:
+        k = int(torch.randint(0, 4, (), generator=gen).item())
+        if k:
+            x = torch.rot90(x, k, dims=(-2, -1))
+    return x.contiguous()
+
+
 class TileDataset(Dataset):
     """Square tiles from image files. Item: ``{"img": (3, S, S) float32 in [-1, 1], "index", "source"}``.
 
@@ -342,15 +356,7 @@ class TileDataset(Dataset):
         return img[top : top + s, left : left + s]
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        if self.augment["hflip"] and torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
-        if self.augment["vflip"] and torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-2)
-        if self.augment["rot90"]:
-            k = int(torch.randint(0, 4, (), generator=gen).item())
-            if k:
-                x = torch.rot90(x, k, dims=(-2, -1))
-        return x.contiguous()
+        return d4_augment(x, self.augment, gen)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """``index``, or ``(index, seed)`` (``EpochSampler``): the crop and flips then come from that seed alone."""
