@@ -40,6 +40,7 @@ TINY = [
     "data.demo_size=48",
     "data.batch_size=4",
     "trainer.accelerator=cpu",
+    "trainer.precision=32-true",  # the default (auto) picks bf16-mixed on native-bf16 CPUs: tests pin fp32
     "trainer.max_steps=3",
     "trainer.val_check_interval=3",
     "trainer.limit_val_batches=1",

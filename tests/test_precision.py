@@ -93,3 +93,15 @@ def test_default_trainer_config_is_auto():
     found = [p for p in root.glob("**/configs/trainer/default.yaml") if ".git" not in p.parts]
     assert found, "no configs/trainer/default.yaml"
     assert OmegaConf.load(found[0]).precision == "auto"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, "bf16-mixed"), (False, "32-true")])
+def test_build_trainer_resolves_the_default_auto(monkeypatch, tmp_path, native, expected):
+    from conftest import TINY, compose_config
+
+    from rockgen.tasks.build import build_trainer
+
+    monkeypatch.setattr(prec, "native_bf16", lambda acc: (native, "test"))
+    cfg = compose_config([o for o in TINY if not o.startswith("trainer.precision")], tmp_path)
+    assert cfg.trainer.precision == "auto"
+    assert build_trainer(cfg, tmp_path).precision == expected
