@@ -172,6 +172,8 @@ class ExploreService:
         kwargs: dict[str, Any] = {}
         if "sampler" in inspect.signature(self.model.sample).parameters:
             kwargs["sampler"] = sampler
+        if cls and not self.features.classes:
+            raise ValueError(f"class {cls!r}: this checkpoint's latent DDIM is unconditional (no classes)")
         if cls and self.features.classes:
             kwargs["cls"] = cls
             if self.features.guidance and guidance is not None:

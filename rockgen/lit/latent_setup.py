@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from rockgen.conditioning import class_index_of_codes, code_labels_strict, resolve_classes
+from rockgen.config import parse
 from rockgen.latents import encoder_fingerprint, load_latents
 from rockgen.lit.checkpoint import read_checkpoint
+from rockgen.models import EncoderConfig, UNetConfig
+
+
+def _architecture(cls, values: dict, key: str) -> dict:
+    """A network config with its defaults filled, minus memory-only switches: a checkpoint written before a
+    field existed (e.g. ``num_classes``) compares equal to a config that states its default."""
+    conf = dataclasses.asdict(parse(cls, values, f"model.latent.autoenc_ckpt's model.{key}"))
+    conf.pop("gradient_checkpointing", None)
+    return conf
+
 
 _AUTOENC_PREFIXES = ("model.encoder.", "model.decoder.", "ema_model.encoder.", "ema_model.decoder.")
 
@@ -22,12 +35,9 @@ def load_autoencoder_and_latents(module) -> None:
         raise ValueError("model.latent.latents_path is not set: run task=infer_latents on the autoencoder first")
     ckpt = read_checkpoint(conf.autoenc_ckpt)
     hp = ckpt.get("hyper_parameters", {})
-    for key in ("unet", "encoder"):
+    for key, cls in (("unet", UNetConfig), ("encoder", EncoderConfig)):
         theirs, ours = hp.get(key), module.hparams[key]
-        if theirs is not None and {**theirs, "gradient_checkpointing": None} != {
-            **ours,
-            "gradient_checkpointing": None,
-        }:
+        if theirs is not None and _architecture(cls, theirs, key) != _architecture(cls, ours, key):
             raise ValueError(
                 f"model.latent.autoenc_ckpt={conf.autoenc_ckpt} was trained with another "
                 f"model.{key} ({theirs}) than this latent preset's ({ours}): use the latent "
