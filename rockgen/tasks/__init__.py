@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 TASKS = {
     "train": "rockgen.tasks.train:train",
+    "convert": "rockgen.tasks.convert:convert",
     "compare": "rockgen.tasks.compare:compare",
     "vae_latents": "rockgen.tasks.vae_tasks:extract_latents",
     "vae_reconstruct": "rockgen.tasks.vae_tasks:reconstruct",
