@@ -228,4 +228,3 @@ def test_latent_training_order_is_sharded_and_world_size_independent(tmp_path):
 
     one, two = first_global_batch(1), first_global_batch(2)
     assert one == two and len(one) == 8 and all(r % 10 != 9 for r in one)  # every 10th code is validation
-
