@@ -240,6 +240,11 @@ def test_two_requests_at_once_run_one_after_the_other(server):
 def test_cancel_stops_a_running_job_and_the_next_one_runs(server):
     job = server.client.submit(32, 0, 200, 200, "ddim", "", 1.0, api_name="/sample")
     deadline = time.monotonic() + 60
+    while not (job.status().progress_data or job.done()):  # the page's progress bar: network calls counted
+        assert time.monotonic() < deadline, "no progress reported"
+        time.sleep(0.05)
+    progress = job.status().progress_data
+    assert progress and 0 <= progress[0].progress < 1 and "sample" in progress[0].desc
     while "cancelling sample" not in server.client.predict(api_name="/cancel"):
         assert time.monotonic() < deadline and not job.done(), "the long job never ran (or finished before cancel)"
         time.sleep(0.05)
