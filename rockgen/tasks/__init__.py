@@ -24,6 +24,7 @@ TASKS = {
     "generate": "rockgen.tasks.generate:generate",
     "interpolate": "rockgen.tasks.interpolate:interpolate_task",
     "manipulate": "rockgen.tasks.manipulate:manipulate_task",
+    "import_official": "rockgen.tasks.import_official:import_official_task",
     "explore": "rockgen.tasks.explore:explore_task",
 }
 
