@@ -22,6 +22,8 @@ TASKS = {
     "vae_interpolate": "rockgen.tasks.vae_tasks:interpolate",
     "infer_latents": "rockgen.tasks.infer_latents:infer_latents",
     "generate": "rockgen.tasks.generate:generate",
+    "mosaic": "rockgen.tasks.mosaic:mosaic_task",
+    "inpaint": "rockgen.tasks.inpaint:inpaint_task",
     "interpolate": "rockgen.tasks.interpolate:interpolate_task",
     "manipulate": "rockgen.tasks.manipulate:manipulate_task",
     "import_official": "rockgen.tasks.import_official:import_official_task",
