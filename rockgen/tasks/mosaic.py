@@ -7,7 +7,8 @@
 drawn by the latent DDIM, or encoded from ``z_image``) or a smooth field (``z_sem=field``: codes drawn by the
 latent DDIM at anchors every ``anchor_every`` windows, bicubically interpolated to each window). After every
 step the canvas state goes to ``<run_dir>/mosaic.partial.pt``: rerun with the same ``run_name`` to resume.
-Writes ``<run_dir>/mosaic.png`` and ``mosaic.json``.
+Writes ``<run_dir>/mosaic.png`` and ``mosaic.json`` (+ ``mosaic.tif``, a COG in EPSG:3857 with its top-left
+at XYZ tile ``x``, ``y`` of ``zoom``, with ``output=geotiff``).
 """
 
 from __future__ import annotations
@@ -81,6 +82,12 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.ckpt_path:
         raise ValueError("task=mosaic needs ckpt_path=<DiffAE checkpoint>")
     height, width = mosaic_size(cfg)
+    if cfg.output not in ("png", "geotiff"):
+        raise ValueError(f"output must be png or geotiff, got {cfg.output!r}")
+    if cfg.output == "geotiff":
+        from rockgen.gis import tile_origin
+
+        tile_origin(check_zoom(cfg.zoom), int(cfg.x), int(cfg.y))  # bad zoom / tile fails before any work
     run_dir = Path(cfg.paths.run_dir)
     out = run_dir / "mosaic.png"
     if out.exists() and not cfg.overwrite:
@@ -115,6 +122,11 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
     Image.fromarray(img).save(out)
+    if cfg.output == "geotiff":
+        from rockgen.gis import write_geotiff
+
+        info_tif = write_geotiff(run_dir / "mosaic.tif", img, int(cfg.zoom), int(cfg.x), int(cfg.y), cfg.overwrite)
+        print(f"Wrote the Cloud-Optimised GeoTIFF {info_tif} (EPSG:3857, tile {cfg.x},{cfg.y} at zoom {cfg.zoom})")
     (run_dir / "mosaic.partial.pt").unlink(missing_ok=True)
     info = {**meta, "windows": len(mosaic.origins), "grid": list(mosaic.grid), "file": str(out)}
     (run_dir / "mosaic.json").write_text(json.dumps(info, indent=2) + "\n")
