@@ -82,9 +82,10 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.ckpt_path:
         raise ValueError("task=mosaic needs ckpt_path=<DiffAE checkpoint>")
     height, width = mosaic_size(cfg)
-    if cfg.output not in ("png", "geotiff"):
-        raise ValueError(f"output must be png or geotiff, got {cfg.output!r}")
-    if cfg.output == "geotiff":
+    output = cfg.get("output", "png")
+    if output not in ("png", "geotiff"):
+        raise ValueError(f"output must be png or geotiff, got {output!r}")
+    if output == "geotiff":
         from rockgen.gis import tile_origin
 
         tile_origin(check_zoom(cfg.zoom), int(cfg.x), int(cfg.y))  # bad zoom / tile fails before any work
@@ -122,7 +123,7 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
     Image.fromarray(img).save(out)
-    if cfg.output == "geotiff":
+    if output == "geotiff":
         from rockgen.gis import write_geotiff
 
         info_tif = write_geotiff(run_dir / "mosaic.tif", img, int(cfg.zoom), int(cfg.x), int(cfg.y), cfg.overwrite)
