@@ -82,6 +82,17 @@ def _randomise(net: torch.nn.Module, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
+def _unit_output(net: torch.nn.Module, size: int) -> None:
+    """Scale the last conv so ε̂ has unit std, as a trained ε-predictor's: the absolute tolerances then mean
+    what they would for real weights (a random 90 M network's raw output is many times larger)."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 3, size, size, generator=gen)
+    with torch.no_grad():
+        std = net(x=x, t=torch.tensor([500]), x_start=x.clamp(-1, 1)).pred.std()
+        net.out[2].weight.div_(std)
+        net.out[2].bias.div_(std)
+
+
 def _save_like_official(conf, model, ema, path: Path, dim: int) -> torch.Tensor:
     """What the official LitModel's Trainer (Lightning 1.4) writes: returns the conds_std used."""
     from pytorch_lightning.callbacks import ModelCheckpoint
@@ -120,6 +131,7 @@ def test_imported_network_matches_official(name, tmp_path):
     _randomise(model, 1)
     _randomise(ema, 2)  # different from model: proves the EMA copy is the one used
     ema.eval()
+    _unit_output(ema, conf.img_size)
     path = tmp_path / "last.ckpt"
     mean, std = _save_like_official(conf, model, ema, path, conf.style_ch)
 
