@@ -7,6 +7,7 @@ on the number of devices. ``target_size`` upscales each tile with Lanczos (the h
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from rockgen.lit.checkpoint import load_checkpoint_module
+from rockgen.samplers import get_sampler
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.visual import to_uint8
 
@@ -51,9 +53,12 @@ class _Writer(pl.LightningModule):
     def predict_step(self, item, batch_idx: int) -> int:
         b, start, n = (int(v) for v in item)
         o = self.opts
-        images = self.model.sample(
-            n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **o["sample_kwargs"]
-        )
+        kw = dict(o["sample_kwargs"])
+        if "sampler" in inspect.signature(self.model.sample).parameters:  # diffusion models (not the VAE)
+            kw.setdefault("sampler", o["sampler"])
+        if o["seamless"]:
+            kw["seamless"] = True
+        images = self.model.sample(n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **kw)
         for i, arr in enumerate(to_uint8(images)):
             img = Image.fromarray(arr)
             if o["target_size"]:
@@ -89,6 +94,8 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)")
     if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
+    sampler = str(cfg.get("sampler") or "ddim")
+    get_sampler(sampler)  # a bad name fails before the checkpoint is loaded
     model = load_checkpoint_module(cfg.ckpt_path)
     if not hasattr(model, "sample"):
         raise ValueError(f"{cfg.ckpt_path} holds a {type(model).__name__}, which cannot sample")
@@ -104,12 +111,16 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"class=/guidance=: {cfg.ckpt_path} holds a {type(model).__name__}, which has no classes")
         model.check_condition(cls, None if guidance is None else float(guidance))  # before any work
         sample_kwargs.update(cls=cls, guidance=None if guidance is None else float(guidance))
+    if cfg.get("seamless") and "seamless" not in inspect.signature(model.sample).parameters:
+        raise ValueError(f"seamless=true needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     run_dir = Path(cfg.paths.run_dir)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = dict(
         T=cfg.T,
         T_latent=cfg.T_latent,
+        sampler=sampler,
+        seamless=bool(cfg.get("seamless", False)),
         seed=int(cfg.seed),
         target_size=cfg.target_size,
         grid_size=int(cfg.grid_size),
