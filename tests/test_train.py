@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import ROOT, compose_config
 
-from experiment import LitModel
 from rockgen.config import OptimConf
 from rockgen.lit.common import build_optimizer, fused_supported
+from rockgen.lit.diffae import LitModel
 from rockgen.tasks.train import train
 
 

@@ -23,7 +23,9 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from rockgen.lit.common import CLASS_KEY
 
-DEFAULT_CLASS = "experiment:LitModel"
+DEFAULT_CLASS = "rockgen.lit.diffae:LitModel"
+# Where classes recorded by older checkpoints live now (rockgen/ never imports the root shims).
+MOVED = {"experiment:LitModel": DEFAULT_CLASS}
 
 
 class CheckpointError(RuntimeError):
@@ -100,6 +102,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def module_class(checkpoint: dict[str, Any]) -> type:
     """The LightningModule class recorded in a checkpoint (DiffAE LitModel for files without the record)."""
     spec = checkpoint.get(CLASS_KEY, DEFAULT_CLASS)
+    spec = MOVED.get(spec, spec)
     module_name, _, qualname = spec.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):

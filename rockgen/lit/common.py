@@ -15,8 +15,8 @@ CLASS_KEY = "rockgen_class"
 
 
 class RockgenModule(pl.LightningModule):
-    """Base class: records its own import path in each checkpoint so ``load_model`` can rebuild any module, and
-    frees the gradients right after each optimizer step."""
+    """Base class: records its own import path in each checkpoint so ``load_checkpoint_module`` can rebuild any
+    module, and frees the gradients right after each optimizer step."""
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -120,5 +120,5 @@ def log_image_file(module: pl.LightningModule, key: str, path: Path, caption: st
 
 
 def run_dir_of(module: pl.LightningModule) -> Path:
-    """The run directory (the trainer's default_root_dir, set by run.py to Hydra's output dir)."""
+    """The run directory (the trainer's default_root_dir, set by the CLI to Hydra's output dir)."""
     return Path(module.trainer.default_root_dir)

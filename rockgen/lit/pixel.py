@@ -4,7 +4,7 @@ The same network (``ConditionalUNet`` with ``cond_channels=None``), diffusion ma
 DiffAE ``LitModel``; only the semantic encoder is gone, so there is nothing to reconstruct and validation
 draws an unconditional sample grid instead::
 
-    python run.py template=demo_pixel                    # tiny, minutes on CPU
+    rockgen template=demo_pixel                    # tiny, minutes on CPU
     model = load_checkpoint_module("logs/train/demo_pixel/checkpoints/last.ckpt")
     imgs = model.sample(16, "cpu", T=50, seed=0)                   # DDIM-50, (16, 3, S, S) in [0, 1]
     imgs = model.sample(16, "cpu", method="ddpm", seed=0)          # ancestral DDPM over all 1000 steps
@@ -66,7 +66,7 @@ def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
 
 
 class PixelDiffusion(RockgenModule):
-    """Unconditional ε-prediction UNet on pixels with an EMA copy that samples; hyper-parameters are dicts."""
+    """Unconditional UNet on pixels (ε/x0/v by ``diffusion.prediction``) with an EMA copy that samples."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Tasks run by ``run.py``: each is ``fn(cfg) -> dict`` of results, selected by ``task=<name>``."""
+"""Tasks of the ``rockgen`` command (``rockgen.cli``): each is ``fn(cfg) -> dict`` of results, chosen by ``task=``."""
 
 from __future__ import annotations
 

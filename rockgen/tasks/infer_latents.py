@@ -66,7 +66,7 @@ class GatherLatents(BasePredictionWriter):
 
 def infer_latents(cfg: DictConfig) -> dict[str, Any]:
     """Encode the dataset of ``cfg.data`` with the autoencoder at ``cfg.ckpt_path``; write the latents file."""
-    from experiment import LitModel
+    from rockgen.lit.diffae import LitModel
 
     if not cfg.ckpt_path:
         raise ValueError("task=infer_latents needs ckpt_path=<autoencoder checkpoint>")
