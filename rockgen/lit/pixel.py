@@ -21,14 +21,16 @@ import torch
 
 from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule, q_sample, regression_loss, sample_timesteps, training_target
-from rockgen.ema import ema_decay, ema_update_module_
 from rockgen.lit.common import (
     RockgenModule,
     build_optimizer,
     check_finite_loss,
+    ema_step,
     log_image_file,
     run_dir_of,
+    seeded_generator,
     trainer_precision,
+    warn_unused,
 )
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddim_sample, ddpm_sample
@@ -46,23 +48,6 @@ class SampleGridConf:
     T: list[int] = field(default_factory=lambda: [20])  # DDIM steps of each grid row
     grid_images: int = 8
     seed: int = 0  # the same x_T at every validation, so grids show training progress
-
-
-def ema_step(module: RockgenModule, conf: EMAConf) -> None:
-    """Move ``module.ema_model`` toward ``module.model`` after an optimizer step (EMAConf's decay/warm-up)."""
-    decay = ema_decay(module.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
-    ema_update_module_(module.ema_model, module.model, decay)
-
-
-def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded with ``seed``; None (the global RNG) when seed is None."""
-    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
-
-
-def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
-    """Sampling options another model understands (e.g. ``T_latent``) are ignored, with one log line."""
-    if kwargs:
-        log.warning("%s.sample ignores %s", owner, sorted(kwargs))
 
 
 class PixelDiffusion(RockgenModule):

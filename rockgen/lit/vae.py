@@ -38,11 +38,13 @@ from rockgen.lit.common import (
     build_optimizer,
     check_finite_loss,
     check_images,
+    ema_step,
     log_image_file,
     run_dir_of,
+    seeded_generator,
     trainer_precision,
+    warn_unused,
 )
-from rockgen.lit.pixel import ema_step, seeded_generator, warn_unused
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
 from rockgen.visual import save_grid
 
