@@ -145,3 +145,20 @@ def latent_class_list(latent: dict) -> list[str]:
         raise ValueError("model.latent.classes=auto reads the labels of model.latent.latents_path, which is not set")
     labels = latent_labels(path, latent.get("labels_csv"))
     return resolve_classes(labels, classes, "model.latent.classes")
+
+
+def resolve_auto_classes(model_cfg, datamodule) -> None:
+    """``model.classes=auto`` of an image-space model (pixel baseline) → the sorted labels of the data, in place.
+
+    Resolved before the model is built because the class embedding's size depends on it; the list is then saved
+    in the checkpoint's hyper-parameters. (The DiffAE latent stage resolves its own from the latents file.)
+    """
+    if model_cfg.get("classes") != "auto":
+        return
+    if not hasattr(datamodule, "files") or not hasattr(datamodule, "labels"):
+        raise ValueError(f"model.classes=auto needs an image data module, got {type(datamodule).__name__}")
+    from omegaconf import open_dict
+
+    labels = code_labels_strict(datamodule.files, datamodule.labels(), model_cfg.get("labels_csv"))
+    with open_dict(model_cfg):
+        model_cfg.classes = resolve_classes(labels, "auto", "model.classes")

@@ -31,13 +31,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from rockgen.data.fit import FITS as FIT_RULES
+from rockgen.data.fit import center_window, fit_image
 from rockgen.data.images import load_rgb
-from rockgen.data.tiles import center_window, resize_short_side, to_model_range
+from rockgen.data.tiles import to_model_range
 from rockgen.latents import Latents
 
 log = logging.getLogger(__name__)
 
-FITS = ("crop", "resize")
+FITS = FIT_RULES  # the data.fit rule of training (rockgen.data.fit)
 
 
 # ------------------------------------------------------------------------------------------ interpolation
@@ -78,10 +80,10 @@ def lerp(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def load_image_tensor(path: str | Path, image_size: int, fit: str = "crop") -> torch.Tensor:
     """Read an image file as the model's input: (1, 3, S, S) float32 in [-1, 1].
 
-    ``fit="crop"``: the central S×S window at native resolution, as training and latent inference cut tiles
-    (a survey has one ground sampling distance; rescaling changes the apparent grain size); images smaller
-    than S are first resized (shorter side to S, Lanczos). ``fit="resize"``: always resize the shorter side to
-    S (Lanczos), then centre-crop: the whole picture, at another scale (the official DiffAE loader).
+    The ``data.fit`` rule of training (:func:`rockgen.data.fit.fit_image`), then the central S×S window:
+    ``fit="crop"``: native resolution (a survey has one ground sampling distance; rescaling changes the
+    apparent grain size), images smaller than S resized (shorter side to S, Lanczos); ``"resize"``: the whole
+    picture, longer side to S (Lanczos, aspect kept), padded black; ``"pad"``: native, small images padded.
     Raises FileNotFoundError / ``ImageReadError``, both naming the file.
     """
     if fit not in FITS:
@@ -89,10 +91,7 @@ def load_image_tensor(path: str | Path, image_size: int, fit: str = "crop") -> t
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    img = load_rgb(path)
-    h, w = img.shape[:2]
-    if fit == "resize" or min(h, w) < image_size:
-        img = resize_short_side(img, image_size)
+    img = fit_image(load_rgb(path), image_size, fit)
     top, left = center_window(img.shape[0], img.shape[1], image_size)
     return to_model_range(img[top : top + image_size, left : left + image_size]).unsqueeze(0)
 

@@ -220,3 +220,34 @@ def test_conditional_validation_grid_has_a_row_per_class(cond_pipeline):
     grid = Image.open(cond_pipeline["root"] / "latent" / "images" / "samples_step0000003.png")
     # grid_samples=4 over 5 classes: one 96-px (3 x 32) sample per class row
     assert grid.size == (96 + 4, 5 * (96 + 2) + 2)
+
+
+def test_mean_pairwise_distance_of_the_control_script():
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from measure_control import mean_pairwise_distance
+
+    d = 4
+    pts = torch.zeros(3, d)
+    pts[1, 0], pts[2, 1] = 2.0, 2.0  # pairwise distances 2, 2, 2√2
+    expected = (2 + 2 + 2 * 2**0.5) / 3 / d**0.5
+    assert abs(mean_pairwise_distance(pts) - expected) < 1e-12
+    assert mean_pairwise_distance(pts[:1]) != mean_pairwise_distance(pts[:1])  # NaN for a single sample
+
+
+def test_autoencoder_checkpoints_from_before_the_class_field_still_match():
+    """An autoencoder saved before UNetConfig.num_classes existed must still feed a latent stage."""
+    import dataclasses
+
+    from rockgen.lit.latent_setup import _arch
+    from rockgen.models import UNetConfig
+
+    new = {f.name: getattr(UNetConfig(), f.name) for f in dataclasses.fields(UNetConfig)}
+    old = {k: v for k, v in new.items() if k != "num_classes"}
+    assert _arch(UNetConfig, old) == _arch(UNetConfig, {**new, "gradient_checkpointing": True})
+    assert _arch(UNetConfig, old) != _arch(UNetConfig, {**new, "model_channels": 16})
+    with pytest.raises(ValueError, match="unknown key"):
+        _arch(UNetConfig, {**new, "bogus": 1})

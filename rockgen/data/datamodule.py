@@ -35,16 +35,13 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from rockgen.data.demo import write_demo_dataset
-from rockgen.data.images import find_images
+from rockgen.data.fit import FITS
+from rockgen.data.images import DEFAULT_MAX_IMAGE_PIXELS, SettingError, find_images
+from rockgen.data.rasters import Raster, SourceRules, open_large_sources, valid_cells
 from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler
-from rockgen.data.tiles import (
-    TileDataset,
-    normalize_augment,
-    probe_images,
-    relative_keys,
-    split_files,
-    xyz_block_groups,
-)
+from rockgen.data.shards import ShardDataset, manifest_path, read_manifest, split_shards
+from rockgen.data.split import held_out_groups, relative_keys, split_cells, xyz_block_groups
+from rockgen.data.tiles import TileDataset, normalize_augment, probe_images
 
 CROPS = ("random", "grid")
 
@@ -71,6 +68,11 @@ class TileDataModule(pl.LightningDataModule):
         shuffle_seed: seed of the training order and augmentation; ``None`` = the run's ``seed``.
         rescale: 16-bit/float grey input range: "full" (type range), "minmax" (per image) or [lo, hi].
         background: RGB that transparent pixels are composited onto (black: the nodata convention).
+        fit: ``crop`` | ``resize`` | ``pad``: how each decoded image becomes tiles (``rockgen.data.fit``).
+        bands, overview: GeoTIFF band numbers (1-based, 1 or 3 of them) and internal overview level (0 = full).
+        max_image_pixels: larger images are an error naming this setting (``None`` = no limit).
+        large_image_pixels: Pillow images above this are decoded once into ``cache_dir`` and read by window.
+        max_nodata_fraction: grid cells of a windowed source with more nodata than this are skipped.
     """
 
     def __init__(
@@ -98,8 +100,19 @@ class TileDataModule(pl.LightningDataModule):
         pin_memory: bool = True,
         rescale: str | Sequence[float] = "full",
         background: Sequence[int] = (0, 0, 0),
+        fit: str = "crop",
+        bands: Sequence[int] | None = None,
+        overview: int = 0,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        large_image_pixels: int = 16_000_000,
+        max_nodata_fraction: float = 0.05,
+        cache_dir: str = "data/decoded",
     ):
         super().__init__()
+        if fit not in FITS:
+            raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}")
+        if not 0.0 <= max_nodata_fraction <= 1.0:
+            raise ValueError(f"data.max_nodata_fraction must be in [0, 1], got {max_nodata_fraction}")
         if crop not in CROPS:
             raise ValueError(f"data.crop must be one of {CROPS}, got {crop!r}")
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
@@ -128,9 +141,23 @@ class TileDataModule(pl.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.rescale = rescale if isinstance(rescale, str) else tuple(float(v) for v in rescale)
         self.background = tuple(int(v) for v in background)
+        self.fit = fit
+        self.rules = SourceRules(
+            image_size=self.image_size,
+            max_image_pixels=None if max_image_pixels is None else int(max_image_pixels),
+            large_image_pixels=int(large_image_pixels),
+            bands=tuple(int(b) for b in bands) if bands else None,
+            overview=int(overview),
+            rescale=self.rescale,
+        )
+        self.max_nodata_fraction = float(max_nodata_fraction)
+        self.cache_dir = str(cache_dir)
         self.save_hyperparameters(logger=False)
         self._files: list[str] | None = None
         self._sizes: list[tuple[int, int]] = []
+        self._shards: Path | None = None  # root is a shard directory (rockgen.data.shards)
+        self._rasters: list[Raster | None] = []  # per file: read by window, or None (decoded whole)
+        self._cells: list[np.ndarray | None] = []  # per raster file: its usable grid cells
         self.train_files: list[str] = []  # after setup("fit"): the split, for logging / reproducibility
         self.val_files: list[str] = []
         self.train_set: TileDataset | None = None
@@ -142,7 +169,7 @@ class TileDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ discovery
     @property
     def data_root(self) -> Path:
-        """The folder that is searched: ``root``, or ``demo_dir`` for demo data."""
+        """The folder that is searched (or the one file): ``root``, or ``demo_dir`` for demo data."""
         return Path(self.root if self.root is not None else self.demo_dir).expanduser()
 
     def prepare_data(self) -> None:
@@ -158,9 +185,24 @@ class TileDataModule(pl.LightningDataModule):
             return
         if self.root is None:
             self._write_demo()  # cached: returns at once after prepare_data
-        found = find_images(self.data_root, self.extensions, self.zoom)
-        files, sizes = probe_images(found, strict=self.strict)
-        self._files, self._sizes = files, sizes
+        root = self.data_root
+        self._shards = manifest_path(root) if self.root is not None else None
+        if self._shards is not None:  # one stat, no directory listing: the manifest knows the tiles
+            self._files = read_manifest(self._shards, self.image_size)["groups"]
+            return
+        found = [root] if root.is_file() else find_images(root, self.extensions, self.zoom)
+        files, probed = probe_images(found, strict=self.strict, probe=self.rules.probe)
+        sizes = [(w, h) for w, h, _ in probed]
+        rasters = [r for _, _, r in probed]
+        big = [r is None and w * h > self.rules.large_image_pixels for w, h, r in probed]
+        cached = open_large_sources(files, sizes, big, self.cache_dir, self.rescale, self.background)
+        rasters = [r if r is not None else c for r, c in zip(rasters, cached, strict=True)]
+        if self.fit == "resize" and any(r is not None for r in rasters):
+            first = next(r for r in rasters if r is not None)
+            raise SettingError(first.path, "data.fit=resize reads whole images; this file is read by window")
+        s = self.image_size
+        cells = [None if r is None else valid_cells(r, s, self.max_nodata_fraction, self.background) for r in rasters]
+        self._files, self._sizes, self._rasters, self._cells = files, sizes, rasters, cells
 
     @property
     def files(self) -> list[str]:
@@ -170,7 +212,7 @@ class TileDataModule(pl.LightningDataModule):
 
     def labels(self) -> list[str]:
         """Folder of each file relative to the data root (``""`` at top level): the rock type for demos."""
-        keys = relative_keys(self.files, self.data_root)
+        keys = relative_keys(self.files, self._key_root())
         return [k.rsplit("/", 1)[0] if "/" in k else "" for k in keys]
 
     # ------------------------------------------------------------------ setup
@@ -190,20 +232,17 @@ class TileDataModule(pl.LightningDataModule):
         else:
             self.per_rank_val_batch_size = self._split_batch("val_batch_size", self.val_batch_size, world)
         self._scan()
-        size_of = dict(zip(self._files, self._sizes, strict=True))
+        if self._shards is not None:
+            return self._setup_shards(stage)
         if stage in (None, "fit", "validate") and self.train_set is None:
-            keys = relative_keys(self._files, self.data_root)
-            groups = xyz_block_groups(keys, self.xyz_split_block) if self.xyz_split_block else None
-            train_files, val_files = split_files(
-                self._files, self.val_fraction, self.split_seed, root=self.data_root, groups=groups
-            )
+            (train_files, train_cells), (val_files, val_cells) = self._split()
             self.train_files, self.val_files = train_files, val_files
             if not train_files:
                 raise ValueError(f"no training files left after the validation split of {self.data_root}")
             mode = "random_crop" if self.crop == "random" else "grid"
-            self.train_set = self._dataset(train_files, size_of, mode, self.augment)
+            self.train_set = self._dataset(train_files, mode, self.augment, train_cells)
             if val_files:
-                val = self._dataset(val_files, size_of, "grid", None)
+                val = self._dataset(val_files, "grid", None, val_cells)
                 self.val_set = _evenly_spaced(val, self.val_max_items)
             else:
                 warnings.warn(
@@ -215,18 +254,76 @@ class TileDataModule(pl.LightningDataModule):
                 self.val_set = None
         if stage in (None, "predict") and self.predict_set is None:
             mode = "grid" if self.crop == "grid" else "center_crop"
-            self.predict_set = self._dataset(self._files, size_of, mode, None)
+            self.predict_set = self._dataset(self._files, mode, None, dict(zip(self._files, self._cells, strict=True)))
 
-    def _dataset(self, files, size_of, mode, augment) -> TileDataset:
+    def _setup_shards(self, stage: str | None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            seed = self.split_seed
+            self.train_set, val = split_shards(self._shards, self.image_size, self.val_fraction, seed, self.augment)
+            self.val_set = None if val is None else _evenly_spaced(val, self.val_max_items)
+            if val is None:
+                warnings.warn(f"no validation tiles in {self._shards}: validation is skipped", stacklevel=3)
+        if stage in (None, "predict") and self.predict_set is None:
+            self.predict_set = ShardDataset(self._shards, self.image_size)
+
+    def item_groups(self) -> list[str]:
+        """Split group of each predict item (grid tiles): what ``task=convert`` stores with each tile."""
+        if self.predict_set is None:
+            self.setup("predict")
+        ds, out = self.predict_set, []
+        groups = self._groups()
+        for f, count in enumerate(ds.counts.tolist()):
+            g = groups[self._files.index(ds.files[f])]
+            out += [g] * count if isinstance(g, str) else [g[k] for k in range(count)]
+        return out
+
+    def _groups(self) -> list:
+        """Per file its split group (str), or for a windowed raster one group per usable grid cell (list)."""
+        keys = relative_keys(self._files, self._key_root())
+        groups = xyz_block_groups(keys, self.xyz_split_block) if self.xyz_split_block else list(keys)
+        block = self.xyz_split_block or 8
+        return [
+            groups[f] if r is None else split_cells(keys[f], self._cells[f], r.width // self.image_size, block)[0]
+            for f, r in enumerate(self._rasters)
+        ]
+
+    def _key_root(self) -> Path:
+        return self.data_root.parent if self.data_root.is_file() else self.data_root
+
+    def _split(self):
+        """``((train_files, train_cells), (val_files, val_cells))``: small files by file (XYZ tiles by block),
+        windowed rasters by ``xyz_split_block``-square blocks of grid cells, all ranked by one rule."""
+        groups = self._groups()
+        held = held_out_groups(
+            [g for gs in groups for g in ([gs] if isinstance(gs, str) else gs)], self.val_fraction, self.split_seed
+        )
+        train, val = ([], {}), ([], {})
+        for f, path in enumerate(self._files):
+            if isinstance(groups[f], str):
+                (val if groups[f] in held else train)[0].append(path)
+                continue
+            in_val = np.fromiter((g in held for g in groups[f]), bool, count=len(groups[f]))
+            for side, c in ((train, self._cells[f][~in_val]), (val, self._cells[f][in_val])):
+                if len(c):
+                    side[0].append(path)
+                    side[1][path] = c
+        return train, val
+
+    def _dataset(self, files, mode, augment, cells) -> TileDataset:
+        index = {f: i for i, f in enumerate(self._files)}
         return TileDataset(
             files,
             self.image_size,
             mode=mode,
             augment=augment,
             strict=self.strict,
-            sizes=[size_of[f] for f in files],
+            sizes=[self._sizes[index[f]] for f in files],
             rescale=self.rescale,
             background=self.background,
+            fit=self.fit,
+            rasters=[self._rasters[index[f]] for f in files],
+            cells=[cells.get(f) for f in files],
+            max_nodata_fraction=self.max_nodata_fraction,
         )
 
     # ------------------------------------------------------------------ loaders
@@ -280,6 +377,8 @@ class TileDataModule(pl.LightningDataModule):
         if self.predict_set is None:
             self.setup("predict")
         ds = self.predict_set
+        if isinstance(ds, ShardDataset):  # the tiles' split groups stand in for files
+            return ds.group_ids[ds.indices].tolist()
         return np.repeat(np.arange(len(ds.files)), ds.counts).tolist()
 
     def predict_paths(self) -> list[str]:

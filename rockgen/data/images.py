@@ -50,6 +50,11 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "tif", "tiff", "webp"
 
 Rescale = str | tuple[float, float]
 
+# Pillow's own limit (DecompressionBombError above ~179 MP) dropped big orthomosaics as "unreadable"; rockgen
+# checks ``data.max_image_pixels`` itself (check_pixels) and reads large files by window (rockgen.data.rasters).
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_IMAGE_PIXELS = 2_000_000_000
+
 _HIGH_BIT_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 # EXIF orientations 5..8 include a transpose: width and height swap.
@@ -66,6 +71,25 @@ class ImageReadError(OSError):
 
     def __reduce__(self):  # keep it picklable (DataLoader workers send exceptions to the main process)
         return (type(self), (self.path, self.reason))
+
+
+class SettingError(ImageReadError):
+    """A readable file that the current settings cannot use (too large, band count, overview): always raised,
+    never skipped like a corrupt file, and the message names the ``data.*`` setting to change."""
+
+
+class ImageTooLargeError(SettingError):
+    """An image whose pixel count exceeds ``data.max_image_pixels``."""
+
+
+def check_pixels(path: str | os.PathLike, width: int, height: int, max_pixels: int | None) -> None:
+    """Raise :class:`ImageTooLargeError` naming ``data.max_image_pixels`` if ``width * height`` exceeds it."""
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(
+            path,
+            f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds data.max_image_pixels={max_pixels}; "
+            "raise data.max_image_pixels (or set it to null) to use it",
+        )
 
 
 class NoImagesFoundError(FileNotFoundError):
@@ -161,11 +185,11 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         raise ImageReadError(path, f"{type(exc).__name__}: {exc}") from exc
 
 
-def verify_image(path: str | os.PathLike) -> tuple[int, int]:
+def verify_image(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[int, int]:
     """Cheap integrity check (Pillow ``verify()``: header, chunk checksums, no full decode) + oriented size.
 
     Catches empty, truncated-header and non-image files; a JPEG truncated mid-scan can still pass and is
-    caught when decoded (see ``TileDataset``).
+    caught when decoded (see ``TileDataset``). Raises :class:`ImageTooLargeError` above ``max_pixels``.
     """
     try:
         with Image.open(path) as im:
@@ -175,6 +199,7 @@ def verify_image(path: str | os.PathLike) -> tuple[int, int]:
     w, h = image_size(path)  # a second header read: cheap, and safe after verify() closed the first handle
     if w <= 0 or h <= 0:
         raise ImageReadError(path, f"empty image of size {w}x{h}")
+    check_pixels(path, w, h, max_pixels)
     return w, h
 
 
@@ -243,6 +268,11 @@ def _composite(rgba: np.ndarray, background: Sequence[int]) -> np.ndarray:
     bg = np.asarray(background, dtype=np.int32).reshape(1, 1, 3)
     a = rgba[:, :, 3:4]
     return ((rgba[:, :, :3] * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+def rescale_to_uint8(values: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
+    """Linear map of float64 ``values`` (any shape) from ``lo..hi`` to ``uint8`` 0..255 (rounded, clipped)."""
+    return _rescale_to_uint8(values, "F", lo_hi)
 
 
 def _rescale_to_uint8(values: np.ndarray, mode: str, rescale: Rescale) -> np.ndarray:

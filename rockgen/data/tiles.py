@@ -27,19 +27,33 @@ requested index.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from rockgen.data.images import ImageReadError, NoImagesFoundError, Rescale, load_rgb, parse_xyz, verify_image
+from rockgen.data.fit import (
+    FITS,
+    center_window,
+    fit_image,
+    fitted_size,
+    resize_short_side,  # noqa: F401  (re-exported: older imports)
+)
+from rockgen.data.images import (
+    ImageReadError,
+    NoImagesFoundError,
+    Rescale,
+    SettingError,
+    load_rgb,
+    verify_image,
+)
+from rockgen.data.rasters import Raster
+from rockgen.data.split import relative_keys, split_files, xyz_block_groups  # noqa: F401  (re-exported)
 
 MODES = ("random_crop", "grid", "center_crop")
 AUGMENT_KEYS = ("hflip", "vflip", "rot90")
@@ -58,19 +72,26 @@ def _describe_bad(bad: Sequence[tuple[str, str]]) -> str:
 
 
 def probe_images(
-    files: Sequence[str | os.PathLike], strict: bool = False, num_threads: int = 8
-) -> tuple[list[str], list[tuple[int, int]]]:
+    files: Sequence[str | os.PathLike],
+    strict: bool = False,
+    num_threads: int = 8,
+    probe: Callable[[str], Any] = verify_image,
+) -> tuple[list[str], list]:
     """Check every file cheaply and read its oriented size -> ``(readable_files, sizes (w, h))``.
 
     Unreadable files are dropped with one :class:`CorruptImageWarning` listing them all; with ``strict`` the
     first one raises :class:`ImageReadError`. Raises :class:`NoImagesFoundError` if no file is readable.
-    Threads overlap file I/O (network file systems); the result order is the input order.
+    Threads overlap file I/O (network file systems); the result order is the input order. ``probe(path)``
+    gives each result (default: the size); a :class:`SettingError` (the settings, not the file, are at fault:
+    too many pixels, bands) is raised at once.
     """
     paths = [str(f) for f in files]
 
-    def check(path: str) -> tuple[int, int] | ImageReadError:
+    def check(path: str) -> Any:
         try:
-            return verify_image(path)
+            return probe(path)
+        except SettingError:
+            raise
         except ImageReadError as exc:
             return exc
 
@@ -107,19 +128,6 @@ def grid_shape(width: int, height: int, size: int) -> tuple[int, int]:
     return width // size, height // size
 
 
-def resize_short_side(img: np.ndarray, size: int) -> np.ndarray:
-    """Lanczos-resize ``uint8 (H, W, 3)`` so its shorter side is ``size`` (aspect ratio kept)."""
-    h, w = img.shape[:2]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    return np.asarray(Image.fromarray(img).resize((new_w, new_h), Image.Resampling.LANCZOS))
-
-
-def center_window(h: int, w: int, size: int) -> tuple[int, int]:
-    """Top-left ``(top, left)`` of the central ``size`` window of an ``h x w`` image."""
-    return (h - size) // 2, (w - size) // 2
-
-
 def normalize_augment(augment: Mapping[str, bool] | None) -> dict[str, bool]:
     """``{"hflip", "vflip", "rot90"} -> bool``; ``None`` turns all off; unknown keys raise ``ValueError``."""
     if augment is None:
@@ -135,6 +143,20 @@ def to_model_range(tile: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1))).float().div_(127.5).sub_(1.0)
 
 
+def d4_augment(x: torch.Tensor, augment: Mapping[str, bool], gen: torch.Generator | None = None) -> torch.Tensor:
+    """Random flips / 90-degree rotations of ``(3, S, S)`` (the dihedral group D4 of a nadir tile), drawn from
+    ``gen`` in a fixed order so that one seed gives one transform."""
+    if augment["hflip"] and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-1)
+    if augment["vflip"] and torch.rand((), generator=gen) < 0.5:
+        x = x.flip(-2)
+    if augment["rot90"]:
+        k = int(torch.randint(0, 4, (), generator=gen).item())
+        if k:
+            x = torch.rot90(x, k, dims=(-2, -1))
+    return x.contiguous()
+
+
 class TileDataset(Dataset):
     """Square tiles from image files. Item: ``{"img": (3, S, S) float32 in [-1, 1], "index", "source"}``.
 
@@ -148,6 +170,10 @@ class TileDataset(Dataset):
         strict: raise on an unreadable file instead of skipping it.
         sizes: ``(w, h)`` per file if already probed (skips the up-front check: ``files`` must be readable).
         rescale, background: the high-bit-depth and alpha rules of :func:`rockgen.data.images.load_rgb`.
+        fit: ``"crop"`` | ``"resize"`` | ``"pad"``: how a decoded image becomes tiles (:func:`fit_image`).
+        rasters: per file a :class:`~rockgen.data.rasters.Raster` read by window (GeoTIFF, cached decode) or
+            ``None`` (decoded whole); ``cells`` then lists, per raster file, the grid cells it yields
+            (``rasters.valid_cells``, possibly split); ``max_nodata_fraction`` bounds a random window's nodata.
     """
 
     def __init__(
@@ -161,7 +187,13 @@ class TileDataset(Dataset):
         sizes: Sequence[tuple[int, int]] | None = None,
         rescale: Rescale = "full",
         background: Sequence[int] = (0, 0, 0),
+        fit: str = "crop",
+        rasters: Sequence[Raster | None] | None = None,
+        cells: Sequence[np.ndarray | None] | None = None,
+        max_nodata_fraction: float = 0.05,
     ):
+        if fit not in FITS:
+            raise ValueError(f"data.fit must be one of {FITS}, got {fit!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if image_size < 1:
@@ -183,17 +215,31 @@ class TileDataset(Dataset):
         self.strict = strict
         self.rescale = rescale
         self.background = tuple(background)
-        counts = [self._items_in(w, h) for w, h in self.sizes]
+        self.fit = fit
+        self.rasters = list(rasters) if rasters is not None else [None] * len(self.files)
+        self.cells = list(cells) if cells is not None else [None] * len(self.files)
+        if len(self.rasters) != len(self.files) or len(self.cells) != len(self.files):
+            raise ValueError("rasters and cells need one entry per file")
+        for f, r in enumerate(self.rasters):
+            if r is not None and self.cells[f] is None:
+                self.cells[f] = np.arange((r.width // image_size) * (r.height // image_size), dtype=np.int64)
+            if r is not None and fit == "resize":
+                raise SettingError(r.path, "data.fit=resize reads whole images; this file is read by window")
+        self.max_nodata_fraction = float(max_nodata_fraction)
+        counts = [self._items_in(f) for f in range(len(self.files))]
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])  # item i of file f = offsets[f] + i
         self._cache: tuple[int, np.ndarray] | None = None  # last decoded image (grid items are consecutive)
         self._failed: set[int] = set()  # sources that failed to decode in this process
 
-    def _items_in(self, w: int, h: int) -> int:
+    def _items_in(self, f: int) -> int:
         if self.mode == "center_crop":
             return 1
         if self.mode == "random_crop" and self.crops_per_file is not None:
             return self.crops_per_file
+        if self.rasters[f] is not None:
+            return len(self.cells[f])
+        w, h = fitted_size(*self.sizes[f], self.image_size, self.fit)
         nx, ny = grid_shape(w, h, self.image_size)
         return nx * ny
 
@@ -222,7 +268,10 @@ class TileDataset(Dataset):
         source, k = self.locate(index)
         w, h = self.sizes[source]
         s = self.image_size
-        if self.mode == "random_crop" or w < s or h < s:
+        if self.rasters[source] is not None and self.mode != "random_crop":
+            top, left = self._grid_window(h, w, self._cell(source, k))
+            return left, top, left + s, top + s
+        if self.mode == "random_crop" or w < s or h < s or self.fit == "resize":
             return None
         if self.mode == "center_crop":
             top, left = center_window(h, w, s)
@@ -237,15 +286,37 @@ class TileDataset(Dataset):
         top0, left0 = (h - ny * s) // 2, (w - nx * s) // 2
         return top0 + (k // nx) * s, left0 + (k % nx) * s
 
+    def item_georef(self, index: int) -> tuple[str | None, tuple[float, ...] | None]:
+        """``(crs_wkt, affine transform)`` of a grid/centre item of a georeferenced source, else ``(None, None)``."""
+        source, _ = self.locate(index)
+        raster, box = self.rasters[source], self.item_box(index)
+        if raster is None or box is None:
+            return None, None
+        return raster.crs, raster.window_transform(box[0], box[1])
+
+    def _cell(self, source: int, k: int) -> int:
+        cells = self.cells[source]
+        return int(cells[len(cells) // 2 if self.mode == "center_crop" else k % len(cells)])
+
+    def _read_raster(self, source: int, k: int, gen: torch.Generator | None) -> np.ndarray:
+        """A tile of a windowed source: grid cell ``k`` (jittered by up to half a tile in ``random_crop`` mode,
+        unless the jittered window has more than ``max_nodata_fraction`` nodata)."""
+        raster, s = self.rasters[source], self.image_size
+        top, left = self._grid_window(raster.height, raster.width, self._cell(source, k))
+        if self.mode == "random_crop":
+            dy, dx = (int(v) for v in torch.randint(-(s // 2), s // 2 + 1, (2,), generator=gen))
+            t2 = min(max(top + dy, 0), raster.height - s)
+            l2 = min(max(left + dx, 0), raster.width - s)
+            rgb, valid = raster.read(l2, t2, s, s, self.background)
+            if 1.0 - valid.mean() <= self.max_nodata_fraction:
+                return rgb
+        return raster.read(left, top, s, s, self.background)[0]
+
     def _decode(self, source: int) -> np.ndarray:
         if self._cache is not None and self._cache[0] == source:
             return self._cache[1]
         img = load_rgb(self.files[source], rescale=self.rescale, background=self.background)
-        if img.shape[0] < self.image_size or img.shape[1] < self.image_size:
-            img = resize_short_side(img, self.image_size)
-            # The resized image gives exactly one (central) item, whatever the mode.
-            top, left = center_window(img.shape[0], img.shape[1], self.image_size)
-            img = np.ascontiguousarray(img[top : top + self.image_size, left : left + self.image_size])
+        img = fit_image(img, self.image_size, self.fit, self.background)
         self._cache = (source, img)
         return img
 
@@ -285,15 +356,7 @@ class TileDataset(Dataset):
         return img[top : top + s, left : left + s]
 
     def _augment(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        if self.augment["hflip"] and torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
-        if self.augment["vflip"] and torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-2)
-        if self.augment["rot90"]:
-            k = int(torch.randint(0, 4, (), generator=gen).item())
-            if k:
-                x = torch.rot90(x, k, dims=(-2, -1))
-        return x.contiguous()
+        return d4_augment(x, self.augment, gen)
 
     def __getitem__(self, index: int | tuple[int, int]) -> dict:
         """``index``, or ``(index, seed)`` (``EpochSampler``): the crop and flips then come from that seed alone."""
@@ -302,58 +365,9 @@ class TileDataset(Dataset):
             index, seed = index
             gen = torch.Generator().manual_seed(int(seed))
         source, k = self.locate(int(index))
+        if self.rasters[source] is not None:
+            x = self._augment(to_model_range(self._read_raster(source, k, gen)), gen)
+            return {"img": x, "index": int(index), "source": source}
         used, img = self._decode_or_substitute(source)
         x = self._augment(to_model_range(self._window(img, k, gen)), gen)
         return {"img": x, "index": int(index), "source": used}
-
-
-def relative_keys(files: Sequence[str | os.PathLike], root: str | os.PathLike | None = None) -> list[str]:
-    """POSIX paths of ``files`` relative to ``root`` (default: their common folder): portable keys."""
-    paths = [Path(f) for f in files]
-    if root is None:
-        root = os.path.commonpath([str(p.parent) for p in paths]) if paths else "."
-    return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
-
-
-def xyz_block_groups(keys: Sequence[str], block: int) -> list[str]:
-    """Group XYZ tiles into ``block x block`` squares (neighbouring tiles share content across their seams);
-    keys that are not ``z/x/y.ext`` stay their own group."""
-    groups = []
-    for key in keys:
-        xyz = parse_xyz(key)
-        groups.append(key if xyz is None else f"xyz:{xyz.z}/{xyz.x // block}/{xyz.y // block}")
-    return groups
-
-
-def split_files(
-    files: Sequence[str | os.PathLike],
-    val_fraction: float,
-    seed: int = 0,
-    root: str | os.PathLike | None = None,
-    groups: Sequence[str] | None = None,
-) -> tuple[list, list]:
-    """Deterministic train/val split by source file -> ``(train_files, val_files)``, each in input order.
-
-    Each file (or each group of files, if ``groups`` gives a key per file) is ranked by SHA-256 of
-    ``"{seed}/{relative path}"`` - the same on every machine and Python run, unlike ``hash()`` - and the
-    lowest ``round(val_fraction * n)`` go to validation, at least one when there are >= 2 groups and
-    ``val_fraction > 0``, never all. All tiles of one file land on the same side.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    keys = relative_keys(files, root)
-    groups = list(keys) if groups is None else [str(g) for g in groups]
-    if len(groups) != len(keys):
-        raise ValueError(f"got {len(groups)} group keys for {len(keys)} files")
-    unique = sorted(set(groups))
-    n_val = 0
-    if val_fraction > 0 and len(unique) >= 2:
-        n_val = min(len(unique) - 1, max(1, int(val_fraction * len(unique) + 0.5)))
-
-    def rank(group: str) -> tuple[bytes, str]:
-        return hashlib.sha256(f"{seed}/{group}".encode()).digest(), group
-
-    val_groups = set(sorted(unique, key=rank)[:n_val])
-    train = [f for f, g in zip(files, groups, strict=True) if g not in val_groups]
-    val = [f for f, g in zip(files, groups, strict=True) if g in val_groups]
-    return train, val

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from rockgen.conditioning import class_index_of_codes, code_labels_strict, resolve_classes
+from rockgen.config import parse, to_plain
 from rockgen.latents import encoder_fingerprint, load_latents
 from rockgen.lit.checkpoint import read_checkpoint
+from rockgen.models import EncoderConfig, UNetConfig
 
 _AUTOENC_PREFIXES = ("model.encoder.", "model.decoder.", "ema_model.encoder.", "ema_model.decoder.")
 
@@ -22,12 +24,9 @@ def load_autoencoder_and_latents(module) -> None:
         raise ValueError("model.latent.latents_path is not set: run task=infer_latents on the autoencoder first")
     ckpt = read_checkpoint(conf.autoenc_ckpt)
     hp = ckpt.get("hyper_parameters", {})
-    for key in ("unet", "encoder"):
+    for key, cls in (("unet", UNetConfig), ("encoder", EncoderConfig)):
         theirs, ours = hp.get(key), module.hparams[key]
-        if theirs is not None and {**theirs, "gradient_checkpointing": None} != {
-            **ours,
-            "gradient_checkpointing": None,
-        }:
+        if theirs is not None and _arch(cls, theirs) != _arch(cls, ours):
             raise ValueError(
                 f"model.latent.autoenc_ckpt={conf.autoenc_ckpt} was trained with another "
                 f"model.{key} ({theirs}) than this latent preset's ({ours}): use the latent "
@@ -54,3 +53,9 @@ def load_autoencoder_and_latents(module) -> None:
         labels = code_labels_strict(lat.paths, lat.labels, conf.labels_csv)
         resolve_classes(labels, list(conf.classes), "model.latent.classes")  # each class still has codes
         module.code_class = class_index_of_codes(labels, conf.classes, f"model.latent.latents_path={conf.latents_path}")
+
+
+def _arch(cls, value: dict) -> dict:
+    """A network config with the dataclass defaults filled in (a checkpoint written before a field was added
+    still matches) and the settings that do not change the weights left out."""
+    return {**to_plain(parse(cls, value, f"the autoencoder's {cls.__name__}")), "gradient_checkpointing": None}

@@ -8,6 +8,13 @@ draws an unconditional sample grid instead::
     model = load_checkpoint_module("logs/train/demo_pixel/checkpoints/last.ckpt")
     imgs = model.sample(16, "cpu", T=50, seed=0)                   # DDIM-50, (16, 3, S, S) in [0, 1]
     imgs = model.sample(16, "cpu", method="ddpm", seed=0)          # ancestral DDPM over all 1000 steps
+
+Class-conditional (``model.classes=auto``: the data's sub-folders or ``model.labels_csv``): a class embedding
+added to the time embedding, label dropout in training, classifier-free guidance when sampling, exactly as the
+DiffAE latent DDIM, so the comparison stays fair::
+
+    python run.py template=demo_pixel model.classes=auto
+    imgs = model.sample(16, "cpu", T=20, cls="layered", guidance=2)
 """
 
 from __future__ import annotations
@@ -19,6 +26,13 @@ from typing import Any
 
 import torch
 
+from rockgen.conditioning import (
+    class_index_of_codes,
+    code_labels_strict,
+    drop_labels,
+    requested_classes,
+    resolve_classes,
+)
 from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule, q_sample, regression_loss, sample_timesteps, training_target
 from rockgen.lit.common import (
@@ -33,8 +47,8 @@ from rockgen.lit.common import (
     warn_unused,
 )
 from rockgen.models import ConditionalUNet, UNetConfig
-from rockgen.samplers import ddim_sample, ddpm_sample
-from rockgen.visual import save_grid
+from rockgen.samplers import ddim_sample, ddpm_sample, guided_model_fn
+from rockgen.visual import save_grid, upscale_to
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +75,19 @@ class PixelDiffusion(RockgenModule):
         ema: dict | None = None,
         evaluation: dict | None = None,
         channels_last: bool = True,
+        classes: list[str] | None = None,
+        labels_csv: str | None = None,
+        label_dropout: float = 0.1,
+        guidance: float = 2.0,
     ) -> None:
         super().__init__()
+        if classes == "auto":
+            raise ValueError(
+                "model.classes=auto is resolved from the data by task=train; building PixelDiffusion directly, "
+                "give the class names as a list"
+            )
+        if not 0.0 <= float(label_dropout) < 1.0:
+            raise ValueError(f"model.label_dropout must be in [0, 1), got {label_dropout}")
         hp = dict(
             unet=to_plain(unet),
             diffusion=to_plain(diffusion or {}),
@@ -70,9 +95,15 @@ class PixelDiffusion(RockgenModule):
             ema=to_plain(ema or {}),
             evaluation=to_plain(evaluation or {}),
             channels_last=bool(channels_last),
+            classes=None if classes is None else [str(c) for c in classes],
+            labels_csv=labels_csv,
+            label_dropout=float(label_dropout),
+            guidance=float(guidance),
         )
         self.save_hyperparameters(hp)
-        unet_cfg = parse(UNetConfig, {"cond_channels": None, **hp["unet"]}, "model.unet")
+        self.classes = hp["classes"] or None
+        unet = {"cond_channels": None, **hp["unet"], "num_classes": len(self.classes or [])}
+        unet_cfg = parse(UNetConfig, unet, "model.unet")
         if unet_cfg.cond_channels is not None:
             raise ValueError(
                 f"model.unet.cond_channels must be null for the pixel baseline (no z_sem), got {unet_cfg.cond_channels}"
@@ -90,10 +121,26 @@ class PixelDiffusion(RockgenModule):
         self.to(memory_format=self.memory_format)
 
     # ---------------------------------------------------------------- public API
-    def denoiser_fn(self):
-        """ε̂(x_t, t) of the EMA UNet: the ``model_fn`` of the samplers."""
+    def denoiser_fn(self, cls=None, guidance: float | None = None, n: int = 1):
+        """ε̂(x_t, t) of the EMA UNet: the ``model_fn`` of the samplers (guided when a class is asked for)."""
         net = self.ema_model
-        return lambda x, t: net(x, t)
+        if cls is None and guidance is None:
+            return lambda x, t: net(x, t)
+        self.check_condition(cls, guidance)
+        idx = requested_classes(cls, n, self.classes, device=self.device)
+        return guided_model_fn(lambda x, t, c: net(x, t, cls=c), idx, self.model.cfg.num_classes, guidance or 1.0)
+
+    def check_condition(self, cls=None, guidance: float | None = None) -> None:
+        """Raise a clear error for a class request this checkpoint cannot serve (before any sampling)."""
+        if guidance is not None and not self.classes:
+            raise ValueError(
+                f"guidance={guidance} needs a class-conditional checkpoint; this pixel model is unconditional "
+                "(train it with model.classes=auto)"
+            )
+        if guidance is not None and cls is None:
+            raise ValueError(f"guidance={guidance} needs a class: give class=<one of {self.classes}>")
+        if cls is not None:
+            requested_classes(cls, 1 if isinstance(cls, (str, int)) else len(cls), self.classes)
 
     @torch.no_grad()
     def sample(
@@ -107,15 +154,19 @@ class PixelDiffusion(RockgenModule):
         eta: float = 0.0,
         variance: str = "fixed_large",
         progress: bool = False,
+        cls=None,
+        guidance: float | None = None,
         **unused: Any,
     ) -> torch.Tensor:
         """N unconditional images (N, 3, S, S) in [0, 1] by DDIM-T (default ``evaluation.T[-1]``) or DDPM.
 
         ``method="ddpm"``: ancestral sampling over T respaced steps (default all ``num_timesteps``). ``seed``
-        fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored.
+        fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored. A class-conditional model takes
+        ``cls`` and classifier-free ``guidance`` w as ``LitModel.sample``.
         """
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
+        fn = self.denoiser_fn(cls, guidance, N)
         warn_unused("PixelDiffusion", unused)
         device = torch.device(device or self.device)
         gen = seeded_generator(seed, device)
@@ -124,25 +175,43 @@ class PixelDiffusion(RockgenModule):
         d = self.diffusion_conf
         kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress)
         if method == "ddim":
-            x0 = ddim_sample(self.denoiser_fn(), x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
+            x0 = ddim_sample(fn, x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
         else:
-            x0 = ddpm_sample(self.denoiser_fn(), x, self.schedule, T, variance=variance, **kw)
+            x0 = ddpm_sample(fn, x, self.schedule, T, variance=variance, **kw)
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     # ---------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        self.file_class = None
+        if self.classes and stage == "fit":
+            # class index of every source file of the data (null = unlabelled); batches carry their "source"
+            dm = self.trainer.datamodule
+            labels = code_labels_strict(dm.files, dm.labels(), self.hparams.labels_csv)
+            resolve_classes(labels, self.classes, "model.classes")  # each class has images
+            self.file_class = class_index_of_codes(labels, self.classes, "the data (data.root)")
+
     def diffusion_loss(
-        self, net: torch.nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        net: torch.nn.Module,
+        x0: torch.Tensor,
+        generator: torch.Generator | None = None,
+        cls: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-image loss (B,) of ``net`` at t ~ U{0..T-1}: ‖target − net(x_t, t)‖² (ε target for eps)."""
         d = self.diffusion_conf
         t = sample_timesteps(x0.shape[0], d.num_timesteps, x0.device, generator=generator)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        out = net(q_sample(self.schedule, x0, t, noise), t)
+        x_t = q_sample(self.schedule, x0, t, noise)
+        out = net(x_t, t) if cls is None else net(x_t, t, cls=cls)
         return regression_loss(d.loss, out, training_target(d.prediction, x0, noise, self.schedule.abar(t, x0)))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         x0 = batch["img"].to(memory_format=self.memory_format)
-        loss = self.diffusion_loss(self.model, x0).mean()
+        cls = None
+        if getattr(self, "file_class", None) is not None:
+            cls = self.file_class[batch["source"].cpu()].to(x0.device)
+            cls = drop_labels(cls, self.model.cfg.num_classes, self.hparams.label_dropout)
+        loss = self.diffusion_loss(self.model, x0, cls=cls).mean()
         check_finite_loss(self, loss)
         self.log_dict({"train/loss": loss.detach()}, prog_bar=True, batch_size=x0.shape[0])
         return loss
@@ -166,10 +235,21 @@ class PixelDiffusion(RockgenModule):
         if self.trainer.sanity_checking or self.global_rank != 0:
             return
         conf = self.eval_conf
-        rows = [self.sample(conf.grid_images, self.device, T=T, seed=conf.seed) for T in conf.T]
+        if self.classes:
+            # one row per class at the last T, guided: the grid shows control across the classes
+            per = max(1, conf.grid_images // 2)
+            w = self.hparams.guidance
+            rows = [
+                self.sample(per, self.device, T=conf.T[-1], seed=conf.seed, cls=c, guidance=w) for c in self.classes
+            ]
+            caption = f"rows: {self.classes}, DDIM-{conf.T[-1]}, guidance {w}"
+        else:
+            per = conf.grid_images
+            rows = [self.sample(per, self.device, T=T, seed=conf.seed) for T in conf.T]
+            caption = "rows: DDIM-" + ", ".join(map(str, conf.T))
         path = save_grid(
-            torch.cat(rows).cpu(),
+            upscale_to(torch.cat(rows).cpu(), 96),
             run_dir_of(self) / "images" / f"val_step{self.global_step:07d}.png",
-            nrow=conf.grid_images,
+            nrow=per,
         )
-        log_image_file(self, "val/samples", path, caption="rows: DDIM-" + ", ".join(map(str, conf.T)))
+        log_image_file(self, "val/samples", path, caption=caption)

@@ -78,6 +78,7 @@ class UNetConfig:
     num_heads: int = 1  # official 1; the legacy qkv layout is kept, so any head count loads
     resblock_updown: bool = True  # BigGAN up/down ResBlocks (official) instead of (strided) conv resamplers
     gradient_checkpointing: bool = False  # keep only block inputs: ~5x less activation memory, ~30% slower
+    num_classes: int = 0  # K > 0: a class embedding (K classes + a null token) added to the time embedding
 
 
 class ConditionalUNet(nn.Module):
@@ -93,6 +94,8 @@ class ConditionalUNet(nn.Module):
                 raise ValueError(f"UNetConfig.{name} must be >= 1, got {getattr(cfg, name)}")
         if cfg.cond_channels is not None and cfg.cond_channels < 1:
             raise ValueError(f"UNetConfig.cond_channels must be >= 1 or None, got {cfg.cond_channels}")
+        if cfg.num_classes < 0:
+            raise ValueError(f"UNetConfig.num_classes must be >= 0, got {cfg.num_classes}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {cfg.dropout}")
         # Keep a clean copy (plain tuples, no OmegaConf containers) so the net pickles and prints simply.
@@ -102,6 +105,8 @@ class ConditionalUNet(nn.Module):
         mc, emb = cfg.model_channels, cfg.embed_channels
         # Official TimeStyleSeperateEmbed.time_embed: sinusoid(model_channels) -> Linear -> SiLU -> Linear.
         self.time_embed = nn.Sequential(nn.Linear(mc, emb), nn.SiLU(), nn.Linear(emb, emb))
+        # Class-conditional pixel baseline (rockgen): row K is the null token of classifier-free guidance.
+        self.class_embed = nn.Embedding(cfg.num_classes + 1, emb) if cfg.num_classes > 0 else None
 
         make_block = partial(ResBlock, emb_channels=emb, cond_channels=cfg.cond_channels, dropout=cfg.dropout)
         self.input_blocks, widths, ch = build_down_path(
@@ -136,8 +141,13 @@ class ConditionalUNet(nn.Module):
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, C, H, W), t (B,) long/float original 1000-step index, cond z_sem (B, cond_channels) -> ε̂."""
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, cls: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, C, H, W), t (B,) long/float original 1000-step index, cond z_sem (B, cond_channels) -> ε̂.
+
+        cls (B,) int64 in [0, num_classes] (num_classes = null; None = all null) for a class-conditional net.
+        """
         if self.cfg.cond_channels is None:
             if cond is not None:
                 raise ValueError("ConditionalUNet: cond given, but the net is unconditional (cond_channels=None)")
@@ -148,6 +158,12 @@ class ConditionalUNet(nn.Module):
         # The sinusoid is float32; cast once to the parameters' dtype so a fully bf16 model also works.
         t_emb = timestep_embedding(t, self.cfg.model_channels).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(t_emb)  # (B, embed_channels)
+        if cls is not None and self.class_embed is None:
+            raise ValueError("ConditionalUNet: cls given, but the net has no classes (UNetConfig.num_classes=0)")
+        if self.class_embed is not None:
+            if cls is None:
+                cls = torch.full((x.shape[0],), self.cfg.num_classes, dtype=torch.long, device=x.device)
+            emb = emb + self.class_embed(cls).to(emb.dtype)
         ckpt = self.gradient_checkpointing and self.training
 
         laterals = []

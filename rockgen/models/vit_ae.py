@@ -45,6 +45,10 @@ class ViTAEConfig:
     latent_dim: int = 512  # size of z; 512 = DiffAE's z_sem, so the two latent spaces compare one to one
     latent_tokens: int = 4  # learned tokens that read z out of the encoder and carry it into the decoder
     head_channels: int = 32  # features per pixel before the final 3×3 conv; 0 = patches straight to RGB
+    # > 0: a convolutional stem (stride-2 3×3 convs down to the patch grid) and head (nearest ×2 upsampling +
+    # 3×3 convs back to pixels) of this many channels replace the linear patch embedding and patch head, so
+    # local texture is modelled by convolutions and the transformers only mix the tile's layout. 0 = pure ViT.
+    conv_channels: int = 0
     dropout: float = 0.0  # attention and MLP dropout
     gradient_checkpointing: bool = False  # recompute block activations in backward (512 px presets)
 
@@ -127,7 +131,10 @@ class ViTAutoencoder(nn.Module):
         w, p, m = cfg.width, cfg.patch_size, cfg.latent_tokens
         self.num_patches = (cfg.image_size // p) ** 2
         # encoder
-        self.patch_embed = nn.Conv2d(cfg.in_channels, w, p, stride=p)  # = a linear map of each flattened patch
+        if cfg.conv_channels:
+            self.patch_embed = conv_stem(cfg.in_channels, cfg.conv_channels, w, p)
+        else:
+            self.patch_embed = nn.Conv2d(cfg.in_channels, w, p, stride=p)  # = a linear map of each flattened patch
         self.enc_pos = nn.Parameter(torch.zeros(1, self.num_patches, w))
         self.enc_queries = nn.Parameter(torch.zeros(1, m, w))
         self.encoder = Transformer(cfg, cfg.encoder_depth)
@@ -137,12 +144,16 @@ class ViTAutoencoder(nn.Module):
         self.dec_pos = nn.Parameter(torch.zeros(1, self.num_patches, w))
         self.decoder = Transformer(cfg, cfg.decoder_depth)
         out = cfg.head_channels or cfg.in_channels
-        self.to_patches = nn.Linear(w, p * p * out)
-        self.head = (
-            nn.Sequential(nn.GELU(), nn.Conv2d(out, cfg.in_channels, 3, padding=1))
-            if cfg.head_channels
-            else nn.Identity()
-        )
+        if cfg.conv_channels:
+            self.to_patches = nn.Linear(w, cfg.conv_channels)  # one feature vector per patch position
+            self.head = conv_head(cfg.conv_channels, cfg.in_channels, p)
+        else:
+            self.to_patches = nn.Linear(w, p * p * out)
+            self.head = (
+                nn.Sequential(nn.GELU(), nn.Conv2d(out, cfg.in_channels, 3, padding=1))
+                if cfg.head_channels
+                else nn.Identity()
+            )
         self.apply(_init_weights)
         for param in (self.enc_pos, self.enc_queries, self.dec_pos):
             nn.init.trunc_normal_(param, std=0.02)
@@ -160,12 +171,31 @@ class ViTAutoencoder(nn.Module):
         b, m = z.shape[0], self.cfg.latent_tokens
         memory = self.from_latent(z).reshape(b, m, self.cfg.width)
         h = self.decoder(torch.cat([memory, self.dec_pos.expand(b, -1, -1)], dim=1))[:, m:]
+        if self.cfg.conv_channels:
+            g = self.cfg.image_size // self.cfg.patch_size
+            return self.head(self.to_patches(h).transpose(1, 2).reshape(b, -1, g, g))  # (B, C, g, g) → pixels
         return self.head(unpatchify(self.to_patches(h), self.cfg.patch_size, self.cfg.image_size))
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x → (x̂, μ, log σ²), decoding a reparameterised z (``sample``) or μ itself."""
         mu, logvar = self.encode(x)
         return self.decode(reparameterize(mu, logvar) if sample else mu), mu, logvar
+
+
+def conv_stem(in_channels: int, channels: int, width: int, patch: int) -> nn.Sequential:
+    """(B, in, S, S) → (B, width, S/p, S/p): 3×3 conv, then log2(p) stride-2 3×3 convs (GELU between), 1×1."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, channels, 3, padding=1), nn.GELU()]
+    for _ in range(patch.bit_length() - 1):
+        layers += [nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.GELU()]
+    return nn.Sequential(*layers, nn.Conv2d(channels, width, 1))
+
+
+def conv_head(channels: int, out_channels: int, patch: int) -> nn.Sequential:
+    """(B, C, S/p, S/p) → (B, out, S, S): log2(p) × (nearest ×2, 3×3 conv, GELU), then a 3×3 conv to RGB."""
+    layers: list[nn.Module] = [nn.GELU()]
+    for _ in range(patch.bit_length() - 1):
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()]
+    return nn.Sequential(*layers, nn.Conv2d(channels, out_channels, 3, padding=1))
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -185,5 +215,9 @@ def _check(cfg: ViTAEConfig) -> None:
     for name in ("in_channels", "width", "encoder_depth", "decoder_depth", "latent_dim", "latent_tokens"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"ViTAEConfig.{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.conv_channels < 0 or (cfg.conv_channels and cfg.patch_size & (cfg.patch_size - 1)):
+        raise ValueError(
+            f"ViTAEConfig.conv_channels={cfg.conv_channels} needs a power-of-two patch_size (got {cfg.patch_size})"
+        )
     if cfg.head_channels < 0:
         raise ValueError(f"ViTAEConfig.head_channels must be >= 0, got {cfg.head_channels}")

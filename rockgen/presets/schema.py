@@ -50,6 +50,10 @@ class PixelModel:
     ema: EMAConf = field(default_factory=EMAConf)
     evaluation: SampleGridConf = field(default_factory=SampleGridConf)
     channels_last: bool = True
+    classes: Any = None  # "auto" (the data's sub-folders / labels_csv) or a list: class-conditional with CFG
+    labels_csv: str | None = None
+    label_dropout: float = 0.1
+    guidance: float = 2.0  # w of the validation grid
 
 
 @dataclass

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 TASKS = {
     "train": "rockgen.tasks.train:train",
+    "convert": "rockgen.tasks.convert:convert",
     "compare": "rockgen.tasks.compare:compare",
     "vae_latents": "rockgen.tasks.vae_tasks:extract_latents",
     "vae_reconstruct": "rockgen.tasks.vae_tasks:reconstruct",
@@ -23,6 +24,8 @@ TASKS = {
     "generate": "rockgen.tasks.generate:generate",
     "interpolate": "rockgen.tasks.interpolate:interpolate_task",
     "manipulate": "rockgen.tasks.manipulate:manipulate_task",
+    "import_official": "rockgen.tasks.import_official:import_official_task",
+    "explore": "rockgen.tasks.explore:explore_task",
 }
 
 

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
+from rockgen.conditioning import resolve_auto_classes
 from rockgen.tasks import write_json
 from rockgen.tasks.build import build_trainer
 
@@ -53,6 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     ckpt = resolve_resume(cfg, run_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    resolve_auto_classes(cfg.model, datamodule)
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
     trainer = build_trainer(cfg, run_dir)
     if ckpt:

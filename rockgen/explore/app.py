@@ -1,0 +1,309 @@
+"""The explorer's web page (gradio Blocks): one tab per action of :class:`~rockgen.explore.service.ExploreService`.
+
+Every model action is queued in one gradio concurrency group of size 1 (``concurrency_id="model"``) and runs in
+a worker thread, so the page stays responsive; the service's JobRunner is the second guard (one job at a time
+even outside gradio) and makes jobs cancellable: the Cancel buttons run in their own group, never behind a job.
+Each action's HTTP API name is its tab's verb (``/sample``, ``/reconstruct``, ``/interpolate``, ``/manipulate``,
+``/cancel``, ``/jobs``), usable from ``gradio_client``. Results are also written as PNG (tiles upscaled to
+``display_size`` with Lanczos) into the run directory and offered for download.
+
+gradio's bundled frontend brings its own JS, CSS and fonts (``/assets``, ``/static/fonts``): the page fetches
+nothing from a CDN (checked by the Chromium test, which records every request the page makes).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rockgen.explore.jobs import JobCancelled
+from rockgen.explore.service import ExploreService
+from rockgen.tasks.common import upscale_lanczos
+from rockgen.visual import save_grid, to_uint8
+
+try:
+    import gradio as gr
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError("task=explore needs gradio: pip install 'rockgen[explore]' (or pip install gradio)") from err
+
+MODEL = {"concurrency_limit": 1, "concurrency_id": "model"}
+CONTROL = {"concurrency_limit": None, "concurrency_id": "control"}
+
+
+class Outputs:
+    """Numbered PNG files of the session's results under ``run_dir/<action>/``."""
+
+    def __init__(self, run_dir: Path, display_size: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.display_size = int(display_size)
+        self._n = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def view(self, images01: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) → upscaled to display_size (0 = native size)."""
+        return upscale_lanczos(images01, self.display_size or None)
+
+    def tiles(self, images01: torch.Tensor) -> list[np.ndarray]:
+        return list(to_uint8(self.view(images01)))
+
+    def save(self, action: str, images01: torch.Tensor, nrow: int = 8) -> str:
+        """Write ``run_dir/<action>/<n>.png`` (a grid of upscaled tiles); returns its path for the download."""
+        with self._lock:
+            n = next(self._n)
+        return str(save_grid(self.view(images01), self.run_dir / action / f"{n:04d}.png", nrow=nrow))
+
+
+def _as_ui_error(fn: Callable) -> Callable:
+    """Turn the service's clear errors into messages on the page (and in the HTTP API's error)."""
+
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except JobCancelled as err:
+            raise gr.Error(str(err), title="Cancelled") from None
+        except (ValueError, RuntimeError) as err:
+            raise gr.Error(str(err)) from None
+
+    wrapped.__name__ = fn.__name__
+    wrapped.__doc__ = fn.__doc__
+    return wrapped
+
+
+def _progress(progress: gr.Progress):
+    return lambda frac, desc: progress(frac, desc=desc)
+
+
+def _picker(service: ExploreService, choices: list[str], image: gr.Image, label: str) -> None:
+    """A dropdown of tiles on disk that loads the chosen one into ``image`` (as pixels: no path is exposed)."""
+    if not choices:
+        return
+    pick = gr.Dropdown(choices=choices, value=None, label=label, interactive=True)
+
+    def load(path: str | None):
+        if not path:
+            return None
+        from rockgen.data.images import load_rgb
+
+        return np.asarray(load_rgb(path))
+
+    pick.change(load, inputs=pick, outputs=image, api_visibility="private", **CONTROL)
+
+
+def build_app(
+    service: ExploreService,
+    run_dir: Path,
+    *,
+    title: str = "rockgen explorer",
+    header: str = "",
+    tiles: list[str] | None = None,
+    T: int = 20,
+    T_latent: int = 20,
+    display_size: int = 128,
+) -> gr.Blocks:
+    """The Blocks app over ``service``; results go to ``run_dir``. ``tiles``: files offered in the pickers."""
+    out = Outputs(run_dir, display_size)
+    feat = service.features
+    tiles = tiles or []
+    max_n = service.max_images
+
+    with gr.Blocks(title=title, analytics_enabled=False) as app:
+        gr.Markdown(f"# {title}\n{header}")
+        with gr.Tab("Sample"):
+            if not feat.can_sample:
+                gr.Markdown(f"**{feat.sample_message}**", elem_id="sample-disabled")
+            with gr.Row():
+                n = gr.Slider(1, max_n, value=min(8, max_n), step=1, label="tiles")
+                seed = gr.Number(0, precision=0, label="seed")
+                steps = gr.Slider(1, 200, value=T, step=1, label="decoder steps (T)")
+                lsteps = gr.Slider(1, 200, value=T_latent, step=1, label="latent steps (T_latent)")
+            with gr.Row():
+                sampler = gr.Dropdown(feat.samplers, value=feat.samplers[0], label="sampler")
+                cls = gr.Dropdown(
+                    [""] + (feat.classes or []),
+                    value="",
+                    label="class (empty: unconditional)",
+                    visible=bool(feat.classes),
+                )
+                guidance = gr.Slider(0, 10, value=1, step=0.1, label="guidance w", visible=feat.guidance)
+            with gr.Row():
+                go = gr.Button("Sample", variant="primary", interactive=feat.can_sample, elem_id="sample-button")
+                stop = gr.Button("Cancel", elem_id="sample-cancel")
+            gallery = gr.Gallery(label="samples", columns=8, format="png", object_fit="contain")
+            info = gr.Markdown()
+            png = gr.File(label="PNG grid")
+
+            @_as_ui_error
+            def sample(n, seed, steps, lsteps, sampler, cls, guidance, progress=gr.Progress()):  # noqa: B008
+                """N new tiles from a seed: latent DDIM → decoder."""
+                images, text = service.sample(
+                    int(n), int(seed), int(steps), int(lsteps), sampler, cls or None, guidance, _progress(progress)
+                )
+                return out.tiles(images), text, out.save("sample", images)
+
+            go.click(
+                sample,
+                [n, seed, steps, lsteps, sampler, cls, guidance],
+                [gallery, info, png],
+                api_name="sample",
+                **MODEL,
+            )
+            stop.click(service.cancel, None, info, api_name="cancel", **CONTROL)
+
+        with gr.Tab("Encode & reconstruct"):
+            with gr.Row():
+                rec_in = gr.Image(type="filepath", label="tile", format="png", sources=["upload", "clipboard"])
+                with gr.Column():
+                    _picker(service, tiles, rec_in, "…or pick a tile")
+                    rec_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps (inversion and rendering)")
+                    rec_seed = gr.Number(0, precision=0, label="seed of the random x_T")
+                    with gr.Row():
+                        rec_go = gr.Button("Encode & reconstruct", variant="primary", elem_id="reconstruct-button")
+                        rec_stop = gr.Button("Cancel")
+            rec_gallery = gr.Gallery(label="input | inferred x_T | z_sem only", columns=3, format="png")
+            rec_info = gr.Markdown()
+            rec_png = gr.File(label="PNG strip")
+
+            @_as_ui_error
+            def reconstruct(path, T, seed, progress=gr.Progress()):  # noqa: B008
+                """The tile's inferred-x_T and z_sem-only reconstructions with PSNR."""
+                images, r = service.reconstruct(path, int(T), int(seed), _progress(progress))
+                captions = [
+                    "input",
+                    f"inferred x_T: {r['psnr_inferred']:.2f} dB",
+                    f"z_sem only: {r['psnr_zsem_only']:.2f} dB",
+                ]
+                text = (
+                    f"PSNR inferred x_T **{r['psnr_inferred']:.2f} dB**, z_sem only (random x_T) "
+                    f"**{r['psnr_zsem_only']:.2f} dB**; DDIM-{int(T)}, {r['seconds']:.2f} s; input {r['fit']}"
+                )
+                return list(zip(out.tiles(images), captions, strict=True)), text, out.save("reconstruct", images)
+
+            rec_go.click(
+                reconstruct,
+                [rec_in, rec_T, rec_seed],
+                [rec_gallery, rec_info, rec_png],
+                api_name="reconstruct",
+                **MODEL,
+            )
+            rec_stop.click(service.cancel, None, rec_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Interpolate"):
+            with gr.Row():
+                a = gr.Image(type="filepath", label="tile A", format="png", sources=["upload", "clipboard"])
+                b = gr.Image(type="filepath", label="tile B", format="png", sources=["upload", "clipboard"])
+                with gr.Column():
+                    _picker(service, tiles, a, "…or pick tile A")
+                    _picker(service, tiles, b, "…or pick tile B")
+                    frames = gr.Slider(2, min(32, max_n), value=min(8, max_n), step=1, label="frames")
+                    int_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    with gr.Row():
+                        int_go = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
+                        int_stop = gr.Button("Cancel")
+            frame = gr.Slider(0, 7, value=0, step=1, label="frame (0 = A, last = B)")
+            frame_view = gr.Image(label="frame", format="png", interactive=False)
+            int_state = gr.State([])
+            int_gallery = gr.Gallery(label="all frames (z_sem lerped, x_T slerped)", columns=8, format="png")
+            int_info = gr.Markdown()
+            int_png = gr.File(label="PNG strip")
+
+            @_as_ui_error
+            def interpolate(path_a, path_b, frames, T, progress=gr.Progress()):  # noqa: B008
+                """Frames between two tiles: z_sem lerped, inverted x_T slerped."""
+                images, text = service.interpolate(path_a, path_b, int(frames), int(T), _progress(progress))
+                views = out.tiles(images)
+                slider = gr.Slider(0, len(views) - 1, value=len(views) // 2, step=1)
+                return (
+                    views,
+                    views[len(views) // 2],
+                    slider,
+                    views,
+                    text,
+                    out.save("interpolate", images, nrow=len(views)),
+                )
+
+            int_go.click(
+                interpolate,
+                [a, b, frames, int_T],
+                [int_state, frame_view, frame, int_gallery, int_info, int_png],
+                api_name="interpolate",
+                **MODEL,
+            )
+            frame.change(
+                lambda views, i: views[int(i)] if views and int(i) < len(views) else None,
+                [int_state, frame],
+                frame_view,
+                api_visibility="private",
+                **CONTROL,
+            )
+            int_stop.click(service.cancel, None, int_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Manipulate"):
+            if not feat.can_manipulate:
+                gr.Markdown(f"**{feat.manipulate_message}**", elem_id="manipulate-disabled")
+            with gr.Row():
+                man_in = gr.Image(type="filepath", label="tile", format="png", sources=["upload", "clipboard"])
+                with gr.Column():
+                    _picker(service, tiles, man_in, "…or pick a tile")
+                    target = gr.Dropdown(
+                        feat.manipulate_classes,
+                        value=feat.manipulate_classes[0] if feat.manipulate_classes else None,
+                        label="target class",
+                        allow_custom_value=True,  # the service's message names the classes (and says when off)
+                    )
+                    alpha = gr.Slider(-1, 1, value=0.3, step=0.05, label="α (step along the class direction, × √D)")
+                    man_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    with gr.Row():
+                        man_go = gr.Button(
+                            "Manipulate",
+                            variant="primary",
+                            interactive=feat.can_manipulate,
+                            elem_id="manipulate-button",
+                        )
+                        man_stop = gr.Button("Cancel")
+            man_gallery = gr.Gallery(label="input | reconstruction (α = 0) | manipulated", columns=3, format="png")
+            man_info = gr.Markdown()
+            man_png = gr.File(label="PNG strip")
+
+            @_as_ui_error
+            def manipulate(path, target, alpha, T, progress=gr.Progress()):  # noqa: B008
+                """Move a tile's z_sem along a class direction by α; render with its own x_T."""
+                images, text = service.manipulate(path, target, float(alpha), int(T), _progress(progress))
+                captions = ["input", "α = 0", f"α = {float(alpha):g}"]
+                return list(zip(out.tiles(images), captions, strict=True)), text, out.save("manipulate", images)
+
+            man_go.click(
+                manipulate,
+                [man_in, target, alpha, man_T],
+                [man_gallery, man_info, man_png],
+                api_name="manipulate",
+                **MODEL,
+            )
+            man_stop.click(service.cancel, None, man_info, api_visibility="private", **CONTROL)
+
+        def jobs() -> str:
+            """The finished jobs (id, name, status, start/end in monotonic seconds) as JSON."""
+            return json.dumps(service.jobs.history)
+
+        gr.api(jobs, api_name="jobs", **CONTROL)
+    return app
+
+
+def launch_kwargs(host: str, port: int, run_dir: Path) -> dict[str, Any]:
+    """Arguments of ``Blocks.launch`` for a local, offline explorer."""
+    return {
+        "server_name": host,
+        "server_port": int(port),
+        "show_error": True,  # the service's messages reach the page and the API's callers
+        "prevent_thread_lock": True,
+        "share": False,
+        "ssr_mode": False,  # no Node server: the bundled static frontend only
+        "allowed_paths": [str(run_dir)],
+        "quiet": True,
+    }

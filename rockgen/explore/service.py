@@ -1,0 +1,292 @@
+"""What the explorer can do with one DiffAE checkpoint, free of any UI: sample, reconstruct, interpolate, manipulate.
+
+Every action runs as one job of a :class:`~rockgen.explore.jobs.JobRunner` (one at a time, cancellable, with
+progress) and returns images (N, 3, S, S) in [0, 1] on the CPU plus a short description. Interpolation and
+manipulation are ``rockgen.latent_ops.interpolate`` / ``manipulate``, as in ``task=interpolate`` /
+``task=manipulate``. What a checkpoint offers (latent sampling, classes, guidance, samplers) is found by feature
+checks, so checkpoints of other stages or versions degrade to a message instead of failing:
+
+    service = ExploreService(model, latents=load_latents("latents.pt"))
+    service.features.can_sample, service.features.sample_message
+    images, info = service.sample(8, seed=0, T=20, T_latent=20)
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from rockgen.data.images import ImageReadError, image_size
+from rockgen.explore.jobs import JobRunner, ProgressFn
+from rockgen.latent_ops import FITS, LinearClassifier, code_labels, fit_linear_classifier, interpolate, manipulate
+from rockgen.latent_ops import load_image_tensor as _load_image_tensor
+from rockgen.latents import Latents
+
+
+@dataclass
+class Features:
+    """What the loaded checkpoint (and latents file) support; ``*_message`` says why something is off."""
+
+    can_sample: bool
+    sample_message: str
+    classes: list[str] | None = None  # class-conditional latent DDIM: the names ``sample(cls=...)`` takes
+    guidance: bool = False  # ``sample(guidance=w)``: classifier-free guidance
+    samplers: list[str] = field(default_factory=lambda: ["ddim"])
+    can_manipulate: bool = False
+    manipulate_message: str = ""
+    manipulate_classes: list[str] = field(default_factory=list)
+
+
+def detect_features(model, latents: Latents | None, labels: list[str | None] | None) -> Features:
+    """Feature checks on ``model.sample``'s signature and the model's attributes (not on its class)."""
+    params = inspect.signature(model.sample).parameters if hasattr(model, "sample") else {}
+    ready = bool(getattr(model, "has_latent", False)) and bool(getattr(model, "latent_ready", False))
+    msg = (
+        ""
+        if ready
+        else "Sampling is off: this checkpoint has no trained latent DDIM (stage 2), so it cannot draw z_sem. "
+        "Train one with template=demo_latent (or rock*_latent) and open that checkpoint; the other tabs work."
+    )
+    classes = getattr(model, "classes", None) if "cls" in params else None
+    samplers = ["ddim"]
+    if "sampler" in params:
+        from rockgen import samplers as sampler_module
+
+        samplers = sorted(getattr(sampler_module, "SAMPLERS", {"ddim": None})) or ["ddim"]
+    feat = Features(
+        can_sample=ready,
+        sample_message=msg,
+        classes=list(classes) if classes else None,
+        guidance=bool(classes) and "guidance" in params,
+        samplers=samplers,
+    )
+    if latents is None:
+        feat.manipulate_message = (
+            "Manipulation is off: start the explorer with latents_path=<latents.pt of this model>."
+        )
+    elif labels is None or len({lab for lab in labels if lab}) < 2:
+        feat.manipulate_message = (
+            "Manipulation is off: the latents file's images carry fewer than two class labels "
+            "(sub-folder names, or labels_csv=...)."
+        )
+    else:
+        feat.can_manipulate = True
+        feat.manipulate_classes = sorted({lab for lab in labels if lab})
+    return feat
+
+
+def psnr(pred01: torch.Tensor, target01: torch.Tensor) -> list[float]:
+    """Per-image PSNR (dB, data range 1) of (B, 3, H, W) in [0, 1] (torchmetrics, as in validation)."""
+    per = peak_signal_noise_ratio(
+        pred01.float().clamp(0, 1), target01.float().clamp(0, 1), data_range=1.0, dim=(1, 2, 3), reduction="none"
+    )
+    return [float(v) for v in per.reshape(-1)]
+
+
+def describe_fit(path: str | Path, size: int, fit: str) -> str:
+    """How a file becomes the model's S×S input, e.g. '40×60 px → central 32×32 crop'."""
+    w, h = image_size(path)
+    if (w, h) == (size, size):
+        return f"{w}×{h} px, used as is"
+    if fit == "crop" and min(w, h) >= size:
+        return f"{w}×{h} px → central {size}×{size} crop at native resolution"
+    return f"{w}×{h} px → resized (shorter side {size}, Lanczos) and centre-cropped to {size}×{size}"
+
+
+class ExploreService:
+    """One loaded DiffAE (+ optional latents file) and the actions of the explorer, run one job at a time."""
+
+    def __init__(
+        self,
+        model,
+        latents: Latents | None = None,
+        labels_csv: str | None = None,
+        fit: str = "crop",
+        max_images: int = 64,
+        batch_size: int = 16,
+        holdout: float = 0.2,
+        seed: int = 0,
+    ) -> None:
+        if fit not in FITS:
+            raise ValueError(f"fit: must be one of {FITS}, got {fit!r}")
+        self.model = model.eval()
+        self.latents = latents
+        self.fit = fit
+        self.max_images = int(max_images)
+        self.batch_size = int(batch_size)
+        self.image_size = int(model.image_size)
+        self._labels = (
+            code_labels(latents, labels_csv) if latents is not None and _has_labels(latents, labels_csv) else None
+        )
+        self.features = detect_features(model, latents, self._labels)
+        self._holdout, self._seed = float(holdout), int(seed)
+        self._classifier: LinearClassifier | None = None
+        ema = model.ema_model
+        nets = [ema.encoder, ema.decoder] + ([ema.latent_net] if getattr(ema, "latent_net", None) is not None else [])
+        self.jobs = JobRunner(nets)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def load_image(self, path: str | Path | None, what: str = "image") -> tuple[torch.Tensor, str]:
+        """An uploaded/picked file as (1, 3, S, S) in [-1, 1] and how it was fitted; clear errors name it."""
+        if not path:
+            raise ValueError(f"{what}: upload an image or pick a tile first")
+        try:
+            x = _load_image_tensor(path, self.image_size, fit=self.fit)
+        except (ImageReadError, FileNotFoundError) as err:
+            raise ValueError(f"{what}: not a readable image ({Path(str(path)).name}): {err}") from None
+        return x, describe_fit(path, self.image_size, self.fit)
+
+    def _check_steps(self, T: Any, name: str = "steps") -> int:
+        if T is None or int(T) < 1 or int(T) != float(T):
+            raise ValueError(f"{name}: a whole number of DDIM steps >= 1, got {T!r}")
+        return int(T)
+
+    # ------------------------------------------------------------------------------------------ actions
+    def sample(
+        self,
+        n: int,
+        seed: int,
+        T: int,
+        T_latent: int,
+        sampler: str = "ddim",
+        cls: str | None = None,
+        guidance: float | None = None,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """n new tiles (n, 3, S, S) in [0, 1] from ``seed``: latent DDIM (T_latent steps) → decoder (T steps)."""
+        if not self.features.can_sample:
+            raise ValueError(self.features.sample_message)
+        n, T, T_latent = int(n), self._check_steps(T), self._check_steps(T_latent, "latent steps")
+        if not 1 <= n <= self.max_images:
+            raise ValueError(f"number of tiles: 1 … {self.max_images}, got {n}")
+        if sampler not in self.features.samplers:
+            raise ValueError(f"sampler: this checkpoint offers {self.features.samplers}, got {sampler!r}")
+        kwargs: dict[str, Any] = {}
+        if "sampler" in inspect.signature(self.model.sample).parameters:
+            kwargs["sampler"] = sampler
+        if cls and self.features.classes:
+            kwargs["cls"] = cls
+            if self.features.guidance and guidance is not None:
+                kwargs["guidance"] = float(guidance)
+        fn = lambda: self.model.sample(n, self.model.device, T=T, T_latent=T_latent, seed=int(seed), **kwargs).cpu()  # noqa: E731
+        images, took = self._timed("sample", T_latent + T, fn, progress)
+        extra = (
+            f", class {cls!r}" + (f", guidance {kwargs['guidance']:g}" if "guidance" in kwargs else "") if cls else ""
+        )
+        return images, f"{n} tiles, seed {seed}, latent DDIM-{T_latent} + {sampler.upper()}-{T}{extra}: {took:.2f} s"
+
+    def reconstruct(
+        self, path: str | Path | None, T: int, seed: int = 0, progress: ProgressFn | None = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Images (3, 3, S, S): the input, its inferred-x_T reconstruction, its z_sem-only (random x_T) one.
+
+        Inferred x_T = DDIM inversion of the input with its own z_sem (T steps); "z_sem only" renders the same
+        z_sem from x_T ~ N(0, I) drawn with ``seed``: what the semantic code alone keeps.
+        """
+        x, fitted = self.load_image(path)
+        T = self._check_steps(T)
+        m = self.model
+
+        def run() -> torch.Tensor:
+            z = m.encode(x)
+            x_T = m.encode_stochastic(x, z, T=T)
+            gen = torch.Generator().manual_seed(int(seed))
+            noise = torch.randn(x.shape, generator=gen).to(x_T)
+            return m.render(torch.cat([x_T, noise]), torch.cat([z, z]), T=T).cpu()
+
+        recs, took = self._timed("reconstruct", 1 + 2 * T, run, progress)
+        original = (x + 1) / 2
+        scores = psnr(recs, original.expand_as(recs))
+        info = {"fit": fitted, "psnr_inferred": scores[0], "psnr_zsem_only": scores[1], "seconds": took}
+        return torch.cat([original, recs]), info
+
+    def interpolate(
+        self,
+        path_a: str | Path | None,
+        path_b: str | Path | None,
+        frames: int,
+        T: int,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """Frames (frames, 3, S, S) from a to b: z_sem lerped, inverted x_T slerped (``latent_ops.interpolate``)."""
+        x_a, fit_a = self.load_image(path_a, "tile A")
+        x_b, fit_b = self.load_image(path_b, "tile B")
+        T, frames = self._check_steps(T), int(frames)
+        if not 2 <= frames <= self.max_images:
+            raise ValueError(f"frames: 2 … {self.max_images}, got {frames}")
+        calls = 1 + T + math.ceil(frames / self.batch_size) * T
+        fn = lambda: interpolate(self.model, x_a, x_b, frames=frames, T=T, batch_size=self.batch_size)  # noqa: E731
+        out, took = self._timed("interpolate", calls, fn, progress)
+        return out, f"{frames} frames, DDIM-{T}: {took:.2f} s (A: {fit_a}; B: {fit_b})"
+
+    def classifier(self) -> LinearClassifier:
+        """The softmax classifier on the latents file's z-normalised codes (fitted once, as task=manipulate)."""
+        if not self.features.can_manipulate:
+            raise ValueError(self.features.manipulate_message)
+        if self._classifier is None:
+            lat = self.latents
+            self._classifier = fit_linear_classifier(
+                lat.normalise(lat.z), self._labels, holdout=self._holdout, seed=self._seed, groups=lat.paths
+            )
+        return self._classifier
+
+    def manipulate(
+        self,
+        path: str | Path | None,
+        target_class: str,
+        alpha: float,
+        T: int,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """Images (3, 3, S, S): the input, its reconstruction (α = 0) and the render at α along the class."""
+        if not self.features.can_manipulate:
+            raise ValueError(self.features.manipulate_message)
+        if target_class not in self.features.manipulate_classes:
+            raise ValueError(f"target class: one of {self.features.manipulate_classes}, got {target_class!r}")
+        x, fitted = self.load_image(path)
+        T, alpha = self._check_steps(T), float(alpha)
+
+        def run():  # the classifier is fitted (once) inside the job: no two threads fit it at once
+            kw = {"T": T, "classifier": self.classifier(), "batch_size": self.batch_size}
+            return manipulate(self.model, self.latents, x, target_class, [0.0, alpha], **kw)
+
+        (images, clf), took = self._timed("manipulate", 1 + 2 * T, run, progress)
+        acc = "n/a" if clf.heldout_accuracy is None else f"{clf.heldout_accuracy:.2f}"
+        info = (
+            f"towards {target_class!r}, α = {alpha:g}, DDIM-{T}: {took:.2f} s; classifier held-out accuracy {acc} "
+            f"over classes {clf.classes} ({fitted})"
+        )
+        return torch.cat([(x + 1) / 2, images]), info
+
+    def cancel(self) -> str:
+        name = self.jobs.cancel()
+        return f"cancelling {name} …" if name else "nothing is running"
+
+    def _timed(self, name: str, calls: int, fn, progress: ProgressFn | None):
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = self.jobs.run(name, calls, fn, progress)
+        return out, time.perf_counter() - start
+
+
+def _has_labels(latents: Latents, labels_csv: str | None) -> bool:
+    return bool(labels_csv) or any(latents.labels)
+
+
+def tile_choices(latents: Latents | None, extra: Sequence[str | Path] = (), limit: int = 200) -> list[str]:
+    """Existing image files to pick from: ``extra`` first, then the latents file's images (≤ ``limit``)."""
+    out: list[str] = []
+    for p in [*map(str, extra), *(latents.paths if latents is not None else [])]:
+        if p not in out and Path(p).is_file():
+            out.append(p)
+        if len(out) >= limit:
+            break
+    return out
