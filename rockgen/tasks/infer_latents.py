@@ -73,7 +73,7 @@ def infer_latents(cfg: DictConfig) -> dict[str, Any]:
     try:
         model = load_checkpoint_module(cfg.ckpt_path, expect=LitModel)
     except CheckpointError as err:
-        raise CheckpointError(f"{err} (task=infer_latents needs a DiffAE autoencoder checkpoint)") from None
+        raise CheckpointError(f"ckpt_path: {err} (task=infer_latents needs a DiffAE autoencoder checkpoint)") from None
     run_dir = Path(cfg.paths.run_dir)
     dm = hydra.utils.instantiate(cfg.data, image_size=model.image_size, _convert_="all")
     dm.setup("predict")
