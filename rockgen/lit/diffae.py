@@ -32,7 +32,8 @@ from rockgen.lit.common import RockgenModule, build_optimizer, check_images, tra
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
-from rockgen.samplers import ddim_invert, ddim_sample, guided_model_fn
+from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
+from rockgen.seamless import seamless_padding
 
 # The EMA copy is meant to stay in eval mode (no dropout) while the trained copy trains.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=UserWarning)
@@ -138,27 +139,35 @@ class LitModel(RockgenModule):
         cond: torch.Tensor | None = None,
         T: int | None = None,
         progress: bool = False,
+        sampler: str = "ddim",
+        seamless: bool = False,
         grad: bool = False,
     ) -> torch.Tensor:
-        """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) by DDIM → images in [0, 1].
+        """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) → images in [0, 1].
 
-        With ``cond=None`` z_sem is drawn from the latent DDIM (needs a latent-stage checkpoint). ``grad=True``:
-        differentiable with respect to ``noise`` and ``cond`` (the graph through all T decoder calls is kept:
-        memory grows with T); the weights stay frozen.
+        ``sampler``: ddim | dpmpp_2m | unipc (``rockgen.samplers``), T steps. ``seamless``: periodic tiles
+        (circular padding in the decoder, ``rockgen.seamless``). With ``cond=None`` z_sem is drawn from the
+        latent DDIM (needs a latent-stage checkpoint). ``grad=True`` (DDIM): differentiable with respect to
+        ``noise`` and ``cond`` (the graph through all T decoder calls is kept: memory grows with T); the weights
+        stay frozen.
         """
+        if grad and sampler != "ddim":
+            raise ValueError(f"render(grad=True) needs sampler='ddim' (got {sampler!r})")
         if cond is None:
-            cond = self.sample_latents(noise.shape[0], noise.device)
+            cond = self.sample_latents(noise.shape[0], noise.device, sampler=sampler)
         x = noise.to(self.device, memory_format=self.memory_format)
-        x0 = ddim_sample(
-            self.decoder_fn(cond),
-            x,
-            self.schedule,
-            T or self.eval_conf.render_T,
-            clip_x0=self.diffusion_conf.clip_x0,
-            prediction=self.diffusion_conf.prediction,
-            progress=progress,
-            grad=grad,
-        )
+        grad_mode = torch.enable_grad() if grad else torch.no_grad()
+        with grad_mode, seamless_padding(self.ema_model.decoder, enabled=seamless):
+            x0 = get_sampler(sampler)(
+                self.decoder_fn(cond),
+                x,
+                self.schedule,
+                T or self.eval_conf.render_T,
+                clip_x0=self.diffusion_conf.clip_x0,
+                prediction=self.diffusion_conf.prediction,
+                progress=progress,
+                **({"grad": True} if grad else {}),
+            )
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
@@ -174,20 +183,28 @@ class LitModel(RockgenModule):
         progress: bool = False,
         cls=None,
         guidance: float | None = None,
+        sampler: str = "ddim",
+        sampler_latent: str | None = None,
+        seamless: bool = False,
     ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1]: latent DDIM → de-normalise → image DDIM.
 
         Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself). A
         class-conditional checkpoint takes ``cls`` (a name, index, or one per sample) and classifier-free
         ``guidance`` w (0 unconditional, 1 conditional (default with cls), > 1 guided).
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another;
+        ``seamless`` makes each tile periodic.
         """
         device = torch.device(device) if device is not None else self.device
         self.check_condition(cls, guidance)
         gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-        cond = self.sample_latents(N, device, T_latent, generator=gen, noise=latent_noise, cls=cls, guidance=guidance)
+        cond = self.sample_latents(
+            N, device, T_latent, generator=gen, noise=latent_noise, cls=cls, guidance=guidance,
+            sampler=sampler_latent or sampler,
+        )  # fmt: skip
         if noise is None:
             noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
-        return self.render(noise, cond, T, progress=progress)
+        return self.render(noise, cond, T, progress=progress, sampler=sampler, seamless=seamless)
 
     @property
     def has_latent(self) -> bool:
@@ -221,10 +238,12 @@ class LitModel(RockgenModule):
         normalised: bool = False,
         cls=None,
         guidance: float | None = None,
+        sampler: str = "ddim",
     ) -> torch.Tensor:
         """Draw z_sem (n, D) with the EMA latent DDIM (``normalised``: before de-normalisation).
 
         ``cls``/``guidance`` as in ``sample``; with no class a conditional net runs its unconditional branch.
+        ``sampler`` (ddim | dpmpp_2m | unipc) solves the latent diffusion's ODE in T_latent steps.
         """
         if not self.has_latent or not bool(self.latent_ready):
             raise RuntimeError(
@@ -242,7 +261,7 @@ class LitModel(RockgenModule):
             idx = requested_classes(cls, n, self.classes, device=self.device)
             w = 1.0 if guidance is None else guidance
             model_fn = guided_model_fn(lambda z, t, c: net(z, t, cls=c), idx, net.null_class, w)
-        zn = ddim_sample(
+        zn = get_sampler(sampler)(
             model_fn,
             noise.to(self.device).float(),
             self.latent_schedule,

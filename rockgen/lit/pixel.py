@@ -47,7 +47,7 @@ from rockgen.lit.common import (
     warn_unused,
 )
 from rockgen.models import ConditionalUNet, UNetConfig
-from rockgen.samplers import ddim_sample, ddpm_sample, guided_model_fn
+from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
 from rockgen.visual import save_grid, upscale_to
 
 log = logging.getLogger(__name__)
@@ -156,13 +156,15 @@ class PixelDiffusion(RockgenModule):
         progress: bool = False,
         cls=None,
         guidance: float | None = None,
+        sampler: str = "ddim",
         **unused: Any,
     ) -> torch.Tensor:
         """N unconditional images (N, 3, S, S) in [0, 1] by DDIM-T (default ``evaluation.T[-1]``) or DDPM.
 
         ``method="ddpm"``: ancestral sampling over T respaced steps (default all ``num_timesteps``). ``seed``
         fixes x_T and every noise draw; ``T_latent`` (DiffAE only) is ignored. A class-conditional model takes
-        ``cls`` and classifier-free ``guidance`` w as ``LitModel.sample``.
+        ``cls`` and classifier-free ``guidance`` w as ``LitModel.sample``. With ``method="ddim"`` the ODE is
+        solved by ``sampler`` (ddim | dpmpp_2m | unipc; η > 0 needs ddim).
         """
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
@@ -175,7 +177,7 @@ class PixelDiffusion(RockgenModule):
         d = self.diffusion_conf
         kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress)
         if method == "ddim":
-            x0 = ddim_sample(fn, x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
+            x0 = get_sampler(sampler)(fn, x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
         else:
             x0 = ddpm_sample(fn, x, self.schedule, T, variance=variance, **kw)
         return ((x0.float() + 1) / 2).clamp(0, 1)

@@ -9,6 +9,7 @@ SIGUSR1 stops between two sampler steps (single process) or batches: the PNGs wr
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from rockgen.callbacks.preemption import Preempted, SignalFlag, check_preempted
 from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
+from rockgen.samplers import get_sampler
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.visual import to_uint8
 
@@ -57,9 +59,12 @@ class _Writer(pl.LightningModule):
         b, start, n = (int(v) for v in item)
         check_preempted()  # between batches: every PNG already written is complete
         o = self.opts
-        images = self.model.sample(
-            n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **o["sample_kwargs"]
-        )
+        kw = dict(o["sample_kwargs"])
+        if "sampler" in inspect.signature(self.model.sample).parameters:  # diffusion models (not the VAE)
+            kw.setdefault("sampler", o["sampler"])
+        if o["seamless"]:
+            kw["seamless"] = True
+        images = self.model.sample(n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **kw)
         for i, arr in enumerate(to_uint8(images)):
             img = Image.fromarray(arr)
             if o["target_size"]:
@@ -105,6 +110,8 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
     for key in ("T", "T_latent"):
         check_steps(cfg.get(key), key)
+    sampler = str(cfg.get("sampler") or "ddim")
+    get_sampler(sampler)  # a bad name fails before the checkpoint is loaded
     try:
         model = load_checkpoint_module(cfg.ckpt_path)  # trusted_checkpoint: the process-wide setting
     except CheckpointError as err:
@@ -123,12 +130,16 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"class=/guidance=: {cfg.ckpt_path} holds a {type(model).__name__}, which has no classes")
         model.check_condition(cls, None if guidance is None else float(guidance))  # before any work
         sample_kwargs.update(cls=cls, guidance=None if guidance is None else float(guidance))
+    if cfg.get("seamless") and "seamless" not in inspect.signature(model.sample).parameters:
+        raise ValueError(f"seamless=true needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     run_dir = Path(cfg.paths.run_dir)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = dict(
         T=cfg.T,
         T_latent=cfg.T_latent,
+        sampler=sampler,
+        seamless=bool(cfg.get("seamless", False)),
         seed=int(cfg.seed),
         target_size=cfg.target_size,
         grid_size=int(cfg.grid_size),

@@ -1,0 +1,157 @@
+"""Fast multistep ODE samplers in data-prediction form: DPM-Solver++(2M) and UniPC-bh2 (order 2).
+
+Both are pure functions over ``model_fn(x_t, t)`` like ``ddim_sample`` and use the same kept steps
+(``ddim_timesteps``: N network calls for N steps, then the last step lands on x_0 where σ = 0). With
+α_t = √ᾱ_t, σ_t = √(1−ᾱ_t), λ_t = log(α_t/σ_t), h = λ_s − λ_t for a step t → s and x̂_0 the network's data
+prediction (clamped with ``clip_x0``):
+
+* DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2, midpoint form as diffusers):
+  x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D,  D = x̂_0(t) + (x̂_0(t) − x̂_0(t_prev)) / (2 r),  r = h_prev/h;
+  the first step (no history) and the last step (to σ = 0) are first order (= DDIM).
+* UniPC (Zhao et al. 2023, "UniPC", Alg. 1 with B(h) = e^{−h} − 1, "bh2"): the UniP-2 predictor above with
+  ρ = ½ on D₁ = (x̂_0(t_prev) − x̂_0(t))/r, and the UniC corrector, which re-does the previous step once the
+  network has been evaluated at its result — using that evaluation, so it costs no extra network call.
+
+Orders, warm-up and final-step rules follow diffusers' ``DPMSolverMultistepScheduler`` /
+``UniPCMultistepScheduler`` (solver_order=2, lower_order_final, final_sigmas_type="zero"), which the tests
+use as the oracle. DDIM stays the inversion path (``ddim_invert``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from rockgen.diffusion.schedules import Schedule
+from rockgen.samplers.ddim import ModelFn, _abar_at, _predict, ddim_timesteps
+
+
+def _grid(schedule: Schedule, num_steps: int) -> tuple[list[int], list[float]]:
+    """Kept steps descending (N,) and their ᾱ with a final 1.0 (x_0) appended (N + 1,)."""
+    ts = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()[::-1]
+    return ts, [_abar_at(schedule, t) for t in ts] + [1.0]
+
+
+def _lam(abar: float) -> float:
+    """λ = log(α/σ) = ½ log(ᾱ/(1−ᾱ)); +∞ at ᾱ = 1 (x_0)."""
+    return math.inf if abar >= 1.0 else 0.5 * math.log(abar / (1.0 - abar))
+
+
+def _first_order(x: torch.Tensor, x0: torch.Tensor, a_t: float, a_s: float) -> tuple[torch.Tensor, float]:
+    """(σ_s/σ_t) x_t − α_s (e^{−h} − 1) x̂_0 and h; to σ_s = 0 this is x̂_0 itself."""
+    if a_s >= 1.0:
+        return x0, math.inf
+    h = _lam(a_s) - _lam(a_t)
+    return ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * x0, h
+
+
+@torch.no_grad()
+def dpmpp_2m_sample(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    **unused,
+) -> torch.Tensor:
+    """DPM-Solver++(2M) from x_T (B, ...) at the last kept step down to x_0 (B, ...); N network calls.
+
+    ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``.
+    """
+    _reject_stochastic(unused, "dpmpp_2m")
+    ts, abar = _grid(schedule, num_steps)
+    n = len(ts)
+    x0_prev, h_prev = None, None
+    for i in tqdm(range(n), desc="DPM-Solver++", disable=not progress, leave=False):
+        a_t, a_s = abar[i], abar[i + 1]
+        _, x0 = _predict(model_fn, x, ts[i], a_t, prediction, clip_x0)
+        if x0_prev is None or a_s >= 1.0:  # warm-up step and the step onto σ = 0 are first order
+            x_new, h = _first_order(x, x0, a_t, a_s)
+        else:
+            h = _lam(a_s) - _lam(a_t)
+            d = x0 + (x0 - x0_prev) * (h / (2.0 * h_prev))  # (1/(2r))(x̂_0 − x̂_0,prev), r = h_prev/h
+            x_new = ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * d
+        x, x0_prev, h_prev = x_new, x0, h
+        if callback is not None:
+            callback(n - 1 - i, x, x0)
+    return x
+
+
+def _unic_rhos(h: float, rk: float | None) -> tuple[float, ...]:
+    """UniC coefficients ρ for order 1 (rk None: ρ = ½) or order 2 (solve R ρ = b, bh2), as diffusers."""
+    if rk is None:
+        return (0.5,)
+    hh = -h
+    b_h = math.expm1(hh)
+    phi = math.expm1(hh) / hh - 1
+    b1 = phi / b_h
+    phi = phi / hh - 0.5
+    b2 = phi * 2 / b_h
+    R = torch.tensor([[1.0, 1.0], [rk, 1.0]], dtype=torch.float64)
+    rho = torch.linalg.solve(R, torch.tensor([b1, b2], dtype=torch.float64))
+    return float(rho[0]), float(rho[1])
+
+
+@torch.no_grad()
+def unipc_sample(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    **unused,
+) -> torch.Tensor:
+    """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls."""
+    _reject_stochastic(unused, "unipc")
+    ts, abar = _grid(schedule, num_steps)
+    lam = [_lam(a) for a in abar]
+    n = len(ts)
+    hist: list[torch.Tensor] = []  # x̂_0 at the kept steps visited so far (last two used)
+    x_last, order_last = None, 0
+    for i in tqdm(range(n), desc="UniPC", disable=not progress, leave=False):
+        _, x0 = _predict(model_fn, x, ts[i], abar[i], prediction, clip_x0)
+        if x_last is not None:
+            # UniC: redo step i−1 → i from x_last with the new evaluation x̂_0(t_i) (no extra network call).
+            h = lam[i] - lam[i - 1]
+            rk = (lam[i - 2] - lam[i - 1]) / h if order_last == 2 else None
+            rho = _unic_rhos(h, rk)
+            m0 = hist[-1]
+            base, _ = _first_order(x_last, m0, abar[i - 1], abar[i])
+            corr = rho[-1] * (x0 - m0)
+            if rk is not None:
+                corr = corr + rho[0] * (hist[-2] - m0) / rk
+            x = base - abar[i] ** 0.5 * math.expm1(-h) * corr
+        hist = (hist + [x0])[-2:]
+        order = min(2, n - i, i + 1)  # warm-up from first order; lower order on the final step
+        x_last, order_last = x, order
+        if order == 1 or abar[i + 1] >= 1.0:
+            x, _ = _first_order(x, x0, abar[i], abar[i + 1])
+        else:
+            h = lam[i + 1] - lam[i]
+            rk = (lam[i - 1] - lam[i]) / h
+            base, _ = _first_order(x, x0, abar[i], abar[i + 1])
+            x = base - abar[i + 1] ** 0.5 * math.expm1(-h) * 0.5 * (hist[-2] - x0) / rk
+        if callback is not None:
+            callback(n - 1 - i, x, x0)
+    return x
+
+
+def _reject_stochastic(unused: dict, name: str) -> None:
+    """The ODE solvers are deterministic: refuse η > 0 instead of silently ignoring it."""
+    eta = unused.pop("eta", 0.0)
+    unused.pop("generator", None)
+    if eta:
+        raise ValueError(f"sampler={name} is deterministic (an ODE solver): eta={eta} needs sampler=ddim")
+    if unused:
+        raise TypeError(f"{name}: unexpected arguments {sorted(unused)}")
