@@ -35,7 +35,7 @@ DISPLAY = 64  # tiles come back upscaled to this size (Lanczos)
 # ---------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    """A tiny autoencoder, its latents file and a tiny latent DDIM, all trained here."""
+    """A tiny autoencoder, its latents file and a tiny class-conditional latent DDIM, all trained here."""
     from test_latent import latent_overrides
 
     from rockgen.tasks.infer_latents import infer_latents
@@ -45,7 +45,8 @@ def pipeline(tmp_path_factory):
     train(compose_config(TINY, root / "ae"))
     ae = root / "ae" / "checkpoints" / "last.ckpt"
     inf = infer_latents(compose_config(["task=infer_latents", f"ckpt_path={ae}", *TINY], root / "latents"))
-    train(compose_config(latent_overrides(ae, inf["latents_path"]), root / "latent"))
+    # class-conditional (classes = sub-folders): the Sample tab then offers a class and guidance
+    train(compose_config([*latent_overrides(ae, inf["latents_path"]), "model.latent.classes=auto"], root / "latent"))
     tiles = sorted(Path(os.environ["ROCKGEN_CACHE_DIR"]).glob("demo*/**/*.png"))
     assert tiles, "the tiny training wrote no demo tiles"
     return {
@@ -155,6 +156,16 @@ def test_sample_returns_the_models_tiles_deterministically(server, model):
     assert _png(grid).shape == (DISPLAY + 4, 3 * (DISPLAY + 2) + 2, 3)  # the downloadable PNG grid
 
 
+def test_sample_with_a_class_and_guidance(server, model):
+    assert model.classes == ["cobbles", "fractured", "granite", "gravel", "layered"]
+    gallery, info, _ = server.client.predict(2, 5, 2, 2, "ddim", "layered", 2.0, api_name="/sample")
+    assert "class 'layered', guidance 2" in info
+    expected = _view(model.sample(2, "cpu", T=2, T_latent=2, seed=5, cls="layered", guidance=2.0))
+    assert _close(np.stack([_png(g) for g in gallery]), expected)
+    with pytest.raises(AppError, match="basalt"):
+        server.client.predict(2, 5, 2, 2, "ddim", "basalt", 2.0, api_name="/sample")
+
+
 def test_reconstruct_shows_input_both_reconstructions_and_their_psnr(server, model, pipeline):
     from rockgen.explore.service import psnr
     from rockgen.latent_ops import load_image_tensor
@@ -229,6 +240,11 @@ def test_two_requests_at_once_run_one_after_the_other(server):
 def test_cancel_stops_a_running_job_and_the_next_one_runs(server):
     job = server.client.submit(32, 0, 200, 200, "ddim", "", 1.0, api_name="/sample")
     deadline = time.monotonic() + 60
+    while not (job.status().progress_data or job.done()):  # the page's progress bar: network calls counted
+        assert time.monotonic() < deadline, "no progress reported"
+        time.sleep(0.05)
+    progress = job.status().progress_data
+    assert progress and 0 <= progress[0].progress < 1 and "sample" in progress[0].desc
     while "cancelling sample" not in server.client.predict(api_name="/cancel"):
         assert time.monotonic() < deadline and not job.done(), "the long job never ran (or finished before cancel)"
         time.sleep(0.05)

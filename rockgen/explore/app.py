@@ -13,6 +13,7 @@ nothing from a CDN (checked by the Chromium test, which records every request th
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import threading
@@ -63,6 +64,7 @@ class Outputs:
 def _as_ui_error(fn: Callable) -> Callable:
     """Turn the service's clear errors into messages on the page (and in the HTTP API's error)."""
 
+    @functools.wraps(fn)  # keeps the signature: gradio injects gr.Progress by the ``progress`` parameter
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
@@ -71,8 +73,6 @@ def _as_ui_error(fn: Callable) -> Callable:
         except (ValueError, RuntimeError) as err:
             raise gr.Error(str(err)) from None
 
-    wrapped.__name__ = fn.__name__
-    wrapped.__doc__ = fn.__doc__
     return wrapped
 
 

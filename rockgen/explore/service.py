@@ -172,6 +172,8 @@ class ExploreService:
         kwargs: dict[str, Any] = {}
         if "sampler" in inspect.signature(self.model.sample).parameters:
             kwargs["sampler"] = sampler
+        if cls and not self.features.classes:
+            raise ValueError(f"class {cls!r}: this checkpoint's latent DDIM is unconditional (no classes)")
         if cls and self.features.classes:
             kwargs["cls"] = cls
             if self.features.guidance and guidance is not None:
@@ -181,7 +183,8 @@ class ExploreService:
         extra = (
             f", class {cls!r}" + (f", guidance {kwargs['guidance']:g}" if "guidance" in kwargs else "") if cls else ""
         )
-        return images, f"{n} tiles, seed {seed}, latent DDIM-{T_latent} + {sampler.upper()}-{T}{extra}: {took:.2f} s"
+        name = sampler.upper()
+        return images, f"{n} tiles, seed {seed}, latent {name}-{T_latent} + {name}-{T}{extra}: {took:.2f} s"
 
     def reconstruct(
         self, path: str | Path | None, T: int, seed: int = 0, progress: ProgressFn | None = None
