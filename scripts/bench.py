@@ -182,10 +182,10 @@ def _timed(tag: str, what: str, fn, iters: int, device, warmup=None) -> dict:
 
 
 def build_model(preset: str, channels_last: bool):
-    """The preset's LightningModule: ``templates.presets()[preset]['model']`` minus ``_target_`` are its kwargs."""
+    """The preset's LightningModule: ``rockgen.presets.presets()[preset]["model"]`` minus ``_target_``: kwargs."""
     from hydra.utils import get_class
 
-    import templates
+    from rockgen import presets as templates
 
     presets = templates.presets()
     if preset not in presets:
@@ -414,7 +414,7 @@ def format_table(rows: list[dict], reference: dict | None) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="rock64", help="a templates.presets() name (rock64, demo, ...)")
+    p.add_argument("--preset", default="rock64", help="a rockgen.presets name (rock64, demo, ...)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--iters", type=int, default=3, help="timed calls per measurement (after one warm-up)")
     p.add_argument("--T", type=int, default=20, help="DDIM steps of render and inversion")
