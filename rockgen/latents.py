@@ -94,7 +94,7 @@ def load_latents(path: str | Path, expect_dim: int | None = None, expect_fingerp
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"latents file not found: {path} (make one with: python run.py "
+            f"latents file not found: {path} (make one with: rockgen "
             "task=infer_latents ckpt_path=<autoencoder checkpoint>)"
         )
     try:

@@ -174,12 +174,12 @@ def _timed(tag: str, what: str, fn, iters: int, device, warmup=None) -> dict:
 
 
 def build_model(preset: str, channels_last, overrides: dict | None = None):
-    """The preset's LightningModule: ``templates.presets()[preset]['model']`` minus ``_target_`` are its kwargs;
+    """The preset's LightningModule: ``rockgen.presets.presets()[preset]["model"]`` minus ``_target_``: kwargs;
     ``overrides`` = {section: {key: value}} updates sections (e.g. unet widths), ``channels_last`` None keeps
     the preset's memory format."""
     from hydra.utils import get_class
 
-    import templates
+    from rockgen import presets as templates
 
     presets = templates.presets()
     if preset not in presets:
@@ -413,7 +413,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--preset",
         default="rock64",
-        help="a templates.presets() name (rock64, demo, ...); with --official a comma list of "
+        help="a rockgen.presets name (rock64, demo, ...); with --official a comma list of "
         "rock64, rock128, small, tiny (bench_official.CONFIGS)",
     )
     p.add_argument(

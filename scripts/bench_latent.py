@@ -41,7 +41,7 @@ from rockgen.samplers import ddim_sample
 
 NETS = {
     "official": {"num_channels": 512},  # LatentMLPConfig defaults = official latent_mlp_2048_norm_10layers
-    "demo": {"num_channels": 128, "hidden_channels": 256, "num_layers": 4},  # templates.py demo_latent
+    "demo": {"num_channels": 128, "hidden_channels": 256, "num_layers": 4},  # rockgen.presets.recipes.demo_latent
 }
 OFFICIAL_SAMPLE_CODES_S = 18.0  # official latent net, batch 8, T_latent=20, 2 threads (issue #3)
 TRAIN_TARGET_CODES_S = 400.0  # issue #3: latent training at batch 256

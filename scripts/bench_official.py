@@ -278,7 +278,7 @@ def memory_worker(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
-    importlib.import_module("templates")  # the rockgen side's imports, before the baseline like the official's
+    importlib.import_module("rockgen.presets")  # the rockgen side's imports, before the baseline like the official's
     importlib.import_module("experiment")
 
     with official_imports(Path(spec["official"])):

@@ -26,10 +26,10 @@ def compose_config(overrides: list[str], run_dir: Path):
     """Compose run.yaml as the CLI would (templates registered), with the run directory at ``run_dir``."""
     from hydra import compose, initialize_config_dir
 
-    import templates
+    from rockgen.presets import register
 
-    templates.register()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "rockgen" / "configs"), version_base="1.3"):
         return compose("run", overrides=[f"paths.run_dir={run_dir}", *overrides])
 
 

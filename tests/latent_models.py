@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-import templates
-from experiment import LitModel
+from rockgen import presets as templates
 from rockgen.data.demo import write_demo_dataset
 from rockgen.lit.common import CLASS_KEY
+from rockgen.lit.diffae import LitModel
 
 
 def random_diffae(seed: int = 0) -> LitModel:
     """The demo preset's LitModel (32 px, z_sem of 128) with random weights everywhere, in eval mode."""
     torch.manual_seed(seed)
-    args = {k: v for k, v in templates.demo_preset()["model"].items() if k != "_target_"}
+    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
     # ε-prediction as the official DiffAE (the demo preset predicts v): the thresholds of the latent-space tests
     # were set for this parameterisation of a random network
     args["diffusion"] = {**args["diffusion"], "prediction": "eps"}

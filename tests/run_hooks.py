@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
-from experiment import LitModel
+from rockgen.lit.diffae import LitModel
 
 
 class Probe(pl.Callback):

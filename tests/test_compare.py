@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-import templates
+from rockgen import presets as templates
 
 # One timed call of a couple of steps per method; the data of the tiny test config.
 FAST = [

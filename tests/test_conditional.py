@@ -178,7 +178,7 @@ def cond_pipeline(tmp_path_factory):
 
 @pytest.mark.slow
 def test_conditional_checkpoint_samples_each_class(cond_pipeline):
-    from experiment import LitModel
+    from rockgen.lit.diffae import LitModel
 
     model = LitModel.load_from_checkpoint(cond_pipeline["latent"], map_location="cpu", weights_only=True)
     assert model.classes == ["cobbles", "fractured", "granite", "gravel", "layered"]

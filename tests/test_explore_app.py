@@ -127,7 +127,7 @@ def _png(item) -> np.ndarray:
 
 def _view(images01: torch.Tensor) -> np.ndarray:
     """What the server shows for (N, 3, S, S) in [0, 1]: upscaled, uint8 (N, DISPLAY, DISPLAY, 3)."""
-    from rockgen.tasks.vae_tasks import upscale_lanczos
+    from rockgen.tasks.common import upscale_lanczos
     from rockgen.visual import to_uint8
 
     return to_uint8(upscale_lanczos(images01, DISPLAY))

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import TINY, compose_config
 
-from experiment import LitModel
 from rockgen.latents import Latents, latent_stats, load_latents, save_latents
 from rockgen.lit.checkpoint import CheckpointError
+from rockgen.lit.diffae import LitModel
 from rockgen.tasks.generate import generate
 from rockgen.tasks.infer_latents import infer_latents
 from rockgen.tasks.train import train

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-import templates
+from rockgen import presets as templates
 from rockgen.official import OfficialImportError, import_official, official_hparams, to_official
 
 LATENT_NET = {"hidden_channels": 64, "num_layers": 3, "time_embed_channels": 128}  # official: = z_sem width
@@ -24,7 +24,7 @@ def _random_model(latent: bool, seed: int = 0):
     from rockgen.lit.checkpoint import module_class
 
     torch.manual_seed(seed)
-    args = {k: v for k, v in templates.demo_preset()["model"].items() if k != "_target_"}
+    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
     args["diffusion"] = {**args["diffusion"], "prediction": "eps"}  # the official code is ε-only
     if latent:
         args.update(stage="latent", latent={"net": LATENT_NET, "T_latent": 5})

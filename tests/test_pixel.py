@@ -82,7 +82,7 @@ def test_train_task_writes_sample_grid_and_a_loadable_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("res", [64, 128, 256, 512])
 def test_pixel_presets_are_the_autoencoder_decoders_without_z_sem(res, tmp_path):
-    import templates
+    from rockgen import presets as templates
 
     p = templates.presets()
     unet, decoder = p[f"rock{res}_pixel"]["model"]["unet"], p[f"rock{res}"]["model"]["unet"]

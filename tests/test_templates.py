@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-import templates
+from rockgen import presets as templates
 from rockgen.config import parse
 from rockgen.models import ConditionalUNet, EncoderConfig, SemanticEncoder, UNetConfig, count_parameters
 

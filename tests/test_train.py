@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import ROOT, compose_config
 
-from experiment import LitModel
 from rockgen.config import OptimConf
 from rockgen.lit.common import build_optimizer, fused_supported
+from rockgen.lit.diffae import LitModel
 from rockgen.tasks.train import train
 
 
@@ -140,6 +140,8 @@ def test_cli_trains_prints_run_dir_and_logs_wandb_offline(tmp_path):
     assert f"Run directory: {run_dir.resolve()}" in proc.stdout
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "wandb").glob("offline-run-*")), "W&B should log offline into the run directory"
+    log = (run_dir / "train.log").read_text()  # the run's log: rockgen's and Lightning's messages
+    assert "Run directory" in log and "GPU available" in log, log[-2000:]
 
 
 def test_unknown_key_fails_with_hydra_error(tmp_path):

@@ -211,7 +211,7 @@ def test_tasks_name_a_missing_or_foreign_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("res, millions", [(64, 24.57), (128, 55.00), (256, 182.12), (512, 183.30)])
 def test_presets_build_the_documented_networks(res, millions, tmp_path):
-    import templates
+    from rockgen import presets as templates
     from rockgen.config import parse
 
     node = templates.presets()[f"rock{res}_vae"]

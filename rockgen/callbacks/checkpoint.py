@@ -16,7 +16,7 @@ class RockgenCheckpoint(ModelCheckpoint):
     """Periodic + last checkpoints (EMA weights included: they are part of the module's state).
 
     * Atomic: the files are written by ``rockgen.lit.checkpoint.SafeCheckpointIO`` (``build_trainer`` installs
-      it): ``<name>.tmp``, fsync, rename. A crash mid-write leaves the previous file intact; stale ``*.tmp``
+      it): ``<name>.<pid>.tmp``, fsync, rename. A crash mid-write leaves the previous file intact; stale ``*.tmp``
       files of such a crash are removed when training starts.
     * Finite: a save is refused with ``FloatingPointError`` when a weight or buffer is NaN/Inf, so a diverged
       model never overwrites the last good ``last.ckpt`` (the weights are replicated: every rank refuses).
@@ -28,7 +28,9 @@ class RockgenCheckpoint(ModelCheckpoint):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if trainer.is_global_zero and self.dirpath is not None and Path(self.dirpath).is_dir():
-            for stale in Path(self.dirpath).glob(f"*{self.FILE_EXTENSION}.tmp"):
+            # <name>.ckpt.<pid>.tmp (and <name>.ckpt.tmp of older versions); the run-directory lock makes sure
+            # no other writer is mid-write
+            for stale in Path(self.dirpath).glob(f"*{self.FILE_EXTENSION}*.tmp"):
                 log.warning("Removing %s, left by a checkpoint write that did not finish", stale)
                 stale.unlink(missing_ok=True)
 

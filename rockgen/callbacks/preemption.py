@@ -11,8 +11,10 @@ the ranks agree on the flag with one tiny all-reduce (so one signalled rank is e
 3. every rank raises Lightning's ``SIGTERMException`` (a ``SystemExit``): the process exits with status 0.
 
 The same command (or the requeued job) then resumes from ``last.ckpt`` (``resume=auto``). A signal that arrives
-during validation is acted on after the next training step: give SLURM's ``--signal=USR1@<seconds>`` enough
-lead time for a step, a validation and a checkpoint write.
+during validation is acted on after the current validation batch (the same agreement, at every batch end), and
+in a single-process run even between two sampler steps: the samplers' network call checks
+:func:`check_preempted`, which raises :class:`Preempted`, and ``on_exception`` writes ``last.ckpt``. So the
+wait is one network call (single process) or one validation batch (DDP), not the whole validation.
 """
 
 from __future__ import annotations
@@ -32,6 +34,49 @@ from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 log = logging.getLogger(__name__)
+
+_ACTIVE: list[Any] = []  # the flag holders of this process (a Preemption callback, generate's SignalFlag)
+
+
+class Preempted(SIGTERMException):
+    """Raised between two sampler steps (or generation batches) after a pre-emption signal."""
+
+
+def preempt_requested() -> bool:
+    """True once a watched signal arrived in this process (single-process runs only: under DDP the ranks must
+    agree at a batch boundary, so a lone rank never leaves a collective half-done)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return False
+    return any(h.received is not None for h in _ACTIVE)
+
+
+def check_preempted() -> None:
+    """Raise :class:`Preempted` if a pre-emption signal arrived (called per network call while sampling)."""
+    if _ACTIVE and preempt_requested():
+        raise Preempted
+
+
+class SignalFlag:
+    """Context manager: the signals only set ``received`` (for loops outside training, e.g. task=generate)."""
+
+    def __init__(self, signals: Sequence[str | int] = ("SIGTERM", "SIGUSR1")) -> None:
+        self.signals = [_signum(s) for s in signals]
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.received = self.received or signal.Signals(signum)
+
+    def __enter__(self) -> SignalFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handler) for sig in self.signals}
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        _ACTIVE.remove(self)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _signum(sig: str | int) -> signal.Signals:
@@ -79,10 +124,13 @@ class Preemption(pl.Callback):
             return
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._handler)
+        _ACTIVE.append(self)
         if trainer.received_sigterm and self.received is None:  # arrived between Lightning's set-up and now
             self.received = signal.SIGTERM
 
     def _restore(self) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         for sig, handler in self._previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
@@ -92,6 +140,8 @@ class Preemption(pl.Callback):
         self._restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Preempted) and trainer.state.fn == "fit":  # raised between two sampler steps
+            self._save(trainer, requeue=self._requeue_requested)
         self._restore()
 
     # ------------------------------------------------------------------ the decision, at a step boundary
@@ -108,9 +158,23 @@ class Preemption(pl.Callback):
         last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
         if (batch_idx + 1) % trainer.accumulate_grad_batches and not last:
             return  # mid-accumulation: decide after the optimizer step (a checkpoint holds no partial gradients)
+        self._check(trainer)
+
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # a long validation must not delay the stop
+            self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
         stop, requeue = self._agreed(trainer)
         if not stop:
             return
+        self._save(trainer, requeue)
+        trainer.strategy.barrier("Preemption.stop")
+        raise SIGTERMException
+
+    def _save(self, trainer: pl.Trainer, requeue: bool) -> None:
         name = self.received.name if self.received is not None else "a signal (another rank)"
         ckpt = trainer.checkpoint_callback
         if ckpt is not None and hasattr(ckpt, "save_last_now"):
@@ -123,8 +187,6 @@ class Preemption(pl.Callback):
             rank_zero_info(f"Received {name}: stopping at global step {trainer.global_step} (no checkpoint callback)")
         if requeue and trainer.is_global_zero:
             self.requeue()
-        trainer.strategy.barrier("Preemption.stop")
-        raise SIGTERMException
 
     @staticmethod
     def requeue() -> None:

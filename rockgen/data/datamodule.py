@@ -1,10 +1,11 @@
 """``TileDataModule``: image folders or the demo rocks -> train / val / predict loaders of square tiles.
 
-Every constructor argument is a plain type, so Hydra can instantiate it from ``configs/data/*.yaml``. Batches
-are ``{"img": (B, 3, S, S) float32 in [-1, 1], "index": (B,) int64, "source": (B,) int64}``.
+Every constructor argument is a plain type, so Hydra can instantiate it from ``rockgen/configs/data/*.yaml``.
+Batches are ``{"img": (B, 3, S, S) float32 in [-1, 1], "index": (B,) int64, "source": (B,) int64}``.
 
 * ``batch_size`` is the GLOBAL batch: ``setup`` divides it by the trainer's world size (each DDP rank loads
-  ``batch_size // world_size``); Lightning's distributed sampler shards the data across ranks.
+  ``batch_size // world_size``); ``rockgen.data.sampler.epoch_sampler`` shards the training order across ranks,
+  Lightning's DistributedSampler the val/predict sets.
 * Train: random crops (or grid tiles) of the training files, shuffled, augmented, ``drop_last``. The order,
   crops and flips are a pure function of (seed, epoch, index) and the loader's position is saved in
   checkpoints (``rockgen.data.sampler``), so a run resumed mid-epoch sees the batches it would have seen.

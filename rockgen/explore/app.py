@@ -26,7 +26,7 @@ import torch
 
 from rockgen.explore.jobs import JobCancelled
 from rockgen.explore.service import ExploreService
-from rockgen.tasks.vae_tasks import upscale_lanczos
+from rockgen.tasks.common import upscale_lanczos
 from rockgen.visual import save_grid, to_uint8
 
 try:

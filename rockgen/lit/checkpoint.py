@@ -6,7 +6,7 @@ Lightning versions) that need arbitrary unpickling must be opted in with ``trust
 ``trusted_checkpoint=true``) — only for files whose origin you trust: unpickling can run code.
 
 ``SafeCheckpointIO`` is the Trainer's checkpoint plugin (``build_trainer`` installs it): every checkpoint the
-Trainer writes (periodic, ``last.ckpt``, pre-emption) goes to ``<name>.tmp``, is fsynced and renamed over the
+Trainer writes (periodic, ``last.ckpt``, pre-emption) goes to ``<name>.<pid>.tmp``, is fsynced and renamed over the
 target, so a crash or ``kill -9`` mid-write leaves the previous file intact; every checkpoint it reads
 (``fit(ckpt_path=...)``, resume) goes through :func:`read_checkpoint`.
 """
@@ -23,18 +23,50 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from rockgen.lit.common import CLASS_KEY
 
-DEFAULT_CLASS = "experiment:LitModel"
+DEFAULT_CLASS = "rockgen.lit.diffae:LitModel"
+# Where classes recorded by older checkpoints live now (rockgen/ never imports the root shims).
+MOVED = {"experiment:LitModel": DEFAULT_CLASS}
+
+
+# The process-wide ``trusted_checkpoint`` setting (the CLI sets it from the config before any task runs). An
+# environment variable, so DDP ranks and spawned processes (ddp_spawn, compare's isolated jobs) inherit it.
+TRUST_ENV = "ROCKGEN_TRUSTED_CHECKPOINT"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, unsafe or of the wrong kind."""
 
 
-def read_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool = False) -> dict[str, Any]:
-    """``torch.load`` with a clear error for a missing file and for a file that needs unsafe unpickling."""
+def set_trusted(trusted: bool) -> None:
+    """Make every checkpoint read without an explicit ``trusted=`` follow this setting (``trusted_checkpoint``)."""
+    os.environ[TRUST_ENV] = "1" if trusted else "0"
+
+
+def trusted_default() -> bool:
+    """The process-wide ``trusted_checkpoint`` setting (False unless set)."""
+    return os.environ.get(TRUST_ENV, "0") == "1"
+
+
+def _check_format(path: Path) -> None:
+    """torch.save writes a zip archive (or, legacy, a pickle stream): anything else is not a checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return
+    raise CheckpointError(
+        f"{path} is not a PyTorch checkpoint: it starts with {head!r}, not a zip archive or pickle stream "
+        "(a text or log file given as a checkpoint path?)"
+    )
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu", trusted: bool | None = None) -> dict[str, Any]:
+    """``torch.load`` with a clear error for a missing file, a non-checkpoint and a file that needs unsafe
+    unpickling. ``trusted=None``: the process-wide ``trusted_checkpoint`` setting (:func:`set_trusted`)."""
     path = Path(path)
+    trusted = trusted_default() if trusted is None else trusted
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _check_format(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=not trusted)
     except Exception as err:  # torch raises UnpicklingError (a pickle.UnpicklingError) or RuntimeError
@@ -55,7 +87,8 @@ def save_atomic(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
     """``torch.save`` to ``<path>.tmp`` in the same folder, fsync, then rename over ``path`` (atomic on POSIX)."""
     path = Path(str(path).removeprefix("file://"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    # one temp name per writer (PID), so two processes never rename each other's half-written file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         torch.save(checkpoint, f)
         f.flush()
@@ -81,9 +114,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     plain containers only, whatever torch's own default is.
     """
 
-    def __init__(self, trusted: bool = False) -> None:
+    def __init__(self, trusted: bool | None = None) -> None:
         super().__init__()
-        self.trusted = trusted
+        self.trusted = trusted_default() if trusted is None else trusted
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local(path):
@@ -100,6 +133,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
 def module_class(checkpoint: dict[str, Any]) -> type:
     """The LightningModule class recorded in a checkpoint (DiffAE LitModel for files without the record)."""
     spec = checkpoint.get(CLASS_KEY, DEFAULT_CLASS)
+    spec = MOVED.get(spec, spec)
     module_name, _, qualname = spec.partition(":")
     obj: Any = importlib.import_module(module_name)
     for part in qualname.split("."):
@@ -110,13 +144,14 @@ def module_class(checkpoint: dict[str, Any]) -> type:
 def load_checkpoint_module(
     path: str | Path,
     map_location: Any = "cpu",
-    trusted: bool = False,
+    trusted: bool | None = None,
     expect: type | tuple[type, ...] | None = None,
     eval_mode: bool = True,
 ):
     """Rebuild the module a checkpoint was saved from, with its weights (EMA included), on ``map_location``.
 
-    ``expect``: the class(es) the caller can use; anything else is a clear CheckpointError.
+    ``expect``: the class(es) the caller can use; anything else is a clear CheckpointError. ``trusted=None``:
+    the process-wide ``trusted_checkpoint`` setting.
     """
     ckpt = read_checkpoint(path, map_location, trusted)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,17 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from rockgen.config import OptimConf
+from rockgen.config import EMAConf, OptimConf
+from rockgen.ema import ema_decay, ema_update_module_
+
+log = logging.getLogger(__name__)
 
 CLASS_KEY = "rockgen_class"
 
 
 class RockgenModule(pl.LightningModule):
-    """Base class: records its own import path in each checkpoint so ``load_model`` can rebuild any module, and
-    frees the gradients right after each optimizer step."""
+    """Base class: records its own import path in each checkpoint so ``load_checkpoint_module`` can rebuild any
+    module, and frees the gradients right after each optimizer step."""
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -120,5 +124,22 @@ def log_image_file(module: pl.LightningModule, key: str, path: Path, caption: st
 
 
 def run_dir_of(module: pl.LightningModule) -> Path:
-    """The run directory (the trainer's default_root_dir, set by run.py to Hydra's output dir)."""
+    """The run directory (the trainer's default_root_dir, set by the CLI to Hydra's output dir)."""
     return Path(module.trainer.default_root_dir)
+
+
+def ema_step(module: RockgenModule, conf: EMAConf) -> None:
+    """Move ``module.ema_model`` toward ``module.model`` after an optimizer step (EMAConf's decay/warm-up)."""
+    decay = ema_decay(module.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
+    ema_update_module_(module.ema_model, module.model, decay)
+
+
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """A generator on ``device`` seeded with ``seed``; None (the global RNG) when seed is None."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+
+
+def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
+    """Sampling options another model understands (e.g. ``T_latent``) are ignored, with one log line."""
+    if kwargs:
+        log.warning("%s.sample ignores %s", owner, sorted(kwargs))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rockgen.conditioning import class_index_of_codes, code_labels_strict, resolve_classes
 from rockgen.config import parse, to_plain
 from rockgen.latents import encoder_fingerprint, load_latents
-from rockgen.lit.checkpoint import read_checkpoint
+from rockgen.lit.checkpoint import CheckpointError, read_checkpoint
 from rockgen.models import EncoderConfig, UNetConfig
 
 _AUTOENC_PREFIXES = ("model.encoder.", "model.decoder.", "ema_model.encoder.", "ema_model.decoder.")
@@ -22,7 +22,10 @@ def load_autoencoder_and_latents(module) -> None:
         raise ValueError("model.latent.autoenc_ckpt is not set: point it at the trained autoencoder checkpoint")
     if not conf.latents_path:
         raise ValueError("model.latent.latents_path is not set: run task=infer_latents on the autoencoder first")
-    ckpt = read_checkpoint(conf.autoenc_ckpt)
+    try:
+        ckpt = read_checkpoint(conf.autoenc_ckpt)  # trusted_checkpoint: the process-wide setting
+    except CheckpointError as err:
+        raise CheckpointError(f"model.latent.autoenc_ckpt: {err}") from None
     hp = ckpt.get("hyper_parameters", {})
     for key, cls in (("unet", UNetConfig), ("encoder", EncoderConfig)):
         theirs, ours = hp.get(key), module.hparams[key]

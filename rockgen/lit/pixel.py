@@ -4,7 +4,7 @@ The same network (``ConditionalUNet`` with ``cond_channels=None``), diffusion ma
 DiffAE ``LitModel``; only the semantic encoder is gone, so there is nothing to reconstruct and validation
 draws an unconditional sample grid instead::
 
-    python run.py template=demo_pixel                    # tiny, minutes on CPU
+    rockgen template=demo_pixel                    # tiny, minutes on CPU
     model = load_checkpoint_module("logs/train/demo_pixel/checkpoints/last.ckpt")
     imgs = model.sample(16, "cpu", T=50, seed=0)                   # DDIM-50, (16, 3, S, S) in [0, 1]
     imgs = model.sample(16, "cpu", method="ddpm", seed=0)          # ancestral DDPM over all 1000 steps
@@ -35,14 +35,16 @@ from rockgen.conditioning import (
 )
 from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule, q_sample, regression_loss, sample_timesteps, training_target
-from rockgen.ema import ema_decay, ema_update_module_
 from rockgen.lit.common import (
     RockgenModule,
     build_optimizer,
     check_finite_loss,
+    ema_step,
     log_image_file,
     run_dir_of,
+    seeded_generator,
     trainer_precision,
+    warn_unused,
 )
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
@@ -62,25 +64,8 @@ class SampleGridConf:
     seed: int = 0  # the same x_T at every validation, so grids show training progress
 
 
-def ema_step(module: RockgenModule, conf: EMAConf) -> None:
-    """Move ``module.ema_model`` toward ``module.model`` after an optimizer step (EMAConf's decay/warm-up)."""
-    decay = ema_decay(module.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
-    ema_update_module_(module.ema_model, module.model, decay)
-
-
-def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded with ``seed``; None (the global RNG) when seed is None."""
-    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
-
-
-def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
-    """Sampling options another model understands (e.g. ``T_latent``) are ignored, with one log line."""
-    if kwargs:
-        log.warning("%s.sample ignores %s", owner, sorted(kwargs))
-
-
 class PixelDiffusion(RockgenModule):
-    """Unconditional ε-prediction UNet on pixels with an EMA copy that samples; hyper-parameters are dicts."""
+    """Unconditional UNet on pixels (ε/x0/v by ``diffusion.prediction``) with an EMA copy that samples."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ decoder with variance ½. ``beta=0`` is a plain autoencoder: z = μ, no noise, n
 Generation draws z and decodes it. ``method="prior"``: z ~ N(0, I). ``method="gaussian"``: z ~ N(m, C), the
 mean and covariance of the training latents (the posterior means μ of the training tiles), which follows the
 data much better when β is small. The moments are buffers of this module, so they travel in its checkpoint;
-they are fitted by ``python run.py task=vae_latents`` (which encodes the training split, writes
+they are fitted by ``rockgen task=vae_latents`` (which encodes the training split, writes
 ``latents.npy`` and ``latent_gaussian.npz``, and a copy of the checkpoint with the moments filled in,
 ``vae_gaussian.ckpt``), or in Python by ``model.fit_latent_gaussian(latents)``::
 
@@ -38,11 +38,13 @@ from rockgen.lit.common import (
     build_optimizer,
     check_finite_loss,
     check_images,
+    ema_step,
     log_image_file,
     run_dir_of,
+    seeded_generator,
     trainer_precision,
+    warn_unused,
 )
-from rockgen.lit.pixel import ema_step, seeded_generator, warn_unused
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
 from rockgen.visual import save_grid
 
@@ -180,7 +182,7 @@ class LitVAE(RockgenModule):
         if not self.latent_gaussian_fitted:
             raise RuntimeError(
                 "method=gaussian needs the mean and covariance of the training latents, which this model "
-                "does not hold yet: run `python run.py task=vae_latents ckpt_path=<this checkpoint>` and "
+                "does not hold yet: run `rockgen task=vae_latents ckpt_path=<this checkpoint>` and "
                 "use the vae_gaussian.ckpt it writes (or pass latent_stats=<latent_gaussian.npz>), or "
                 "sample the N(0, I) prior with method=prior"
             )

@@ -82,7 +82,7 @@ class UNetConfig:
 
 
 class ConditionalUNet(nn.Module):
-    """ε-prediction UNet: (x_t (B, C, H, W), t (B,), cond (B, cond_channels) | None) -> ε̂ (B, C_out, H, W)."""
+    """Denoising UNet: (x_t (B, C, H, W), t (B,), cond (B, cond_channels) | None) -> (B, C_out, H, W): ε̂, x̂0 or v̂."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()

@@ -72,7 +72,6 @@ def ddim_step(
     return x
 
 
-@torch.no_grad()
 def ddim_sample(
     model_fn: ModelFn,
     x: torch.Tensor,
@@ -85,11 +84,19 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    grad: bool = False,
 ) -> torch.Tensor:
     """DDIM sampling from x_T (taken to be at the last kept step) down to x_0 (Song et al. 2021).
 
-    x (B, ...) noise; returns x_0 (B, ...) in the network's data range ([-1, 1] for images).
+    x (B, ...) noise; returns x_0 (B, ...) in the network's data range ([-1, 1] for images). ``grad=True``
+    records the autograd graph through every step (differentiable sampling, e.g. optimising x_T or z_sem);
+    otherwise it runs under ``no_grad``. ``callback(i, x, x0)`` after each step may raise to stop early.
     """
+    with torch.enable_grad() if grad else torch.no_grad():
+        return _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback)
+
+
+def _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback):
     steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
     for i in tqdm(range(len(steps) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
         t, s = steps[i], steps[i - 1] if i > 0 else -1

@@ -1,4 +1,4 @@
-"""Tasks run by ``run.py``: each is ``fn(cfg) -> dict`` of results, selected by ``task=<name>``."""
+"""Tasks of the ``rockgen`` command (``rockgen.cli``): each is ``fn(cfg) -> dict`` of results, chosen by ``task=``."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ TASKS = {
     "vae_interpolate": "rockgen.tasks.vae_tasks:interpolate",
     "infer_latents": "rockgen.tasks.infer_latents:infer_latents",
     "generate": "rockgen.tasks.generate:generate",
+    "mosaic": "rockgen.tasks.mosaic:mosaic_task",
+    "inpaint": "rockgen.tasks.inpaint:inpaint_task",
     "interpolate": "rockgen.tasks.interpolate:interpolate_task",
     "manipulate": "rockgen.tasks.manipulate:manipulate_task",
     "import_official": "rockgen.tasks.import_official:import_official_task",
@@ -34,14 +36,39 @@ def run_task(cfg: DictConfig) -> dict[str, Any]:
     name = cfg.task_name
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of {sorted(TASKS)}")
+    from rockgen.lit.checkpoint import set_trusted
+
+    # every checkpoint any task reads (ckpt_path, model.latent.autoenc_ckpt, compare's files) follows this
+    set_trusted(bool(cfg.get("trusted_checkpoint", False)))
+    log_lightning_to_run_log()
     module, fn = TASKS[name].split(":")
     result = getattr(importlib.import_module(module), fn)(cfg)
     _announce(Path(cfg.paths.run_dir))
     return result
 
 
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+
+
+def log_lightning_to_run_log() -> None:
+    """Send Lightning's messages into the run's log file (``<run_dir>/<task>.log``) too.
+
+    Hydra attaches its file handler to the root logger, but Lightning's loggers do not propagate to the root (they
+    print through their own handler), so without this the file held only rockgen's few log lines.
+    """
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.propagate:
+            continue
+        for handler in files:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+
+
 @rank_zero_only
 def _announce(run_dir: Path) -> None:
+    log.info("Run directory: %s", run_dir.resolve())
     print(f"\nRun directory: {run_dir.resolve()}", flush=True)
 
 

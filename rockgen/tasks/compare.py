@@ -1,7 +1,7 @@
 """``task=compare``: measure DiffAE, pixel DDPM/DDIM and the VAE on this machine → comparison.md + .json.
 
-    python run.py task=compare compare.diffae_ckpt=A.ckpt compare.pixel_ckpt=B.ckpt compare.vae_ckpt=C.ckpt
-    python run.py task=compare compare.resolutions=[64,128]        # speed, memory of fresh rock{64,128}_*
+    rockgen task=compare compare.diffae_ckpt=A.ckpt compare.pixel_ckpt=B.ckpt compare.vae_ckpt=C.ckpt
+    rockgen task=compare compare.resolutions=[64,128]        # speed, memory of fresh rock{64,128}_*
     scripts/compare.sh                                             # trains the three demo models, then this
 
 Speed rows (samples/s at ``compare.batch_size``, after one warm-up call):
@@ -36,11 +36,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rockgen.tasks import write_json
-from rockgen.tasks.vae_tasks import pick_device, tiles_of
+from rockgen.tasks.common import pick_device, tiles_of
 
 KINDS = {"diffae": "DiffAE", "pixel": "Pixel DDPM", "vae": "VAE"}
 TARGET_KIND = {
-    "experiment.LitModel": "diffae",
+    "rockgen.lit.diffae.LitModel": "diffae",
     "rockgen.lit.pixel.PixelDiffusion": "pixel",
     "rockgen.lit.vae.LitVAE": "vae",
 }
@@ -71,9 +71,9 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 
 def preset_kind(name: str) -> str:
     """diffae / pixel / vae of a template by its model's class."""
-    import templates
+    from rockgen.presets import presets
 
-    table = templates.presets()
+    table = presets()
     if name not in table:
         raise ValueError(f"compare.presets: unknown template {name!r}; choose from {sorted(table)}")
     target = table[name]["model"]["_target_"]
@@ -84,9 +84,9 @@ def preset_kind(name: str) -> str:
 
 def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
     """``measure(job)`` in a fresh interpreter, so that its peak memory is its own."""
-    import templates
+    import rockgen
 
-    root = str(Path(templates.__file__).resolve().parent)
+    root = str(Path(rockgen.__file__).resolve().parent.parent)  # where ``rockgen`` imports from
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = Path(tmp) / "job.json", Path(tmp) / "result.json"
@@ -154,9 +154,9 @@ def _load(job: dict[str, Any], device: torch.device):
         return load_checkpoint_module(job["ckpt"], map_location=device)
     import hydra
 
-    import templates
+    from rockgen.presets import presets
 
-    model = hydra.utils.instantiate(templates.presets()[job["preset"]]["model"], _convert_="all")
+    model = hydra.utils.instantiate(presets()[job["preset"]]["model"], _convert_="all")
     return model.to(device).eval()
 
 

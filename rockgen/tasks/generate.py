@@ -2,7 +2,9 @@
 
 Batch b holds indices [b·B, (b+1)·B) and is drawn with seed ``seed + b``; rank r of W takes batches
 b ≡ r (mod W). So every index is written exactly once (no duplicates, no gaps) and the images do not depend
-on the number of devices. ``target_size`` upscales each tile with Lanczos (the hi-res output path).
+on the number of devices. ``target_size`` upscales each tile with Lanczos (the hi-res output path). SIGTERM or
+SIGUSR1 stops between two sampler steps (single process) or batches: the PNGs written are complete,
+``samples.json`` records ``complete: false`` and how many, and the exit status is 143.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from rockgen.lit.checkpoint import load_checkpoint_module
+from rockgen.callbacks.preemption import Preempted, SignalFlag, check_preempted
+from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
 from rockgen.precision import resolve_precision
 from rockgen.samplers import get_sampler
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.visual import to_uint8
+
+PREEMPTED_EXIT = 143  # 128 + SIGTERM: a pre-empted generation (samples.json says how many PNGs are complete)
 
 
 class _Batches(pl.LightningDataModule):
@@ -53,6 +58,7 @@ class _Writer(pl.LightningModule):
 
     def predict_step(self, item, batch_idx: int) -> int:
         b, start, n = (int(v) for v in item)
+        check_preempted()  # between batches: every PNG already written is complete
         o = self.opts
         kw = dict(o["sample_kwargs"])
         if "sampler" in inspect.signature(self.model.sample).parameters:  # diffusion models (not the VAE)
@@ -89,15 +95,28 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
     return path
 
 
+def check_steps(value: Any, key: str) -> None:
+    """A sampler step count: null (the checkpoint's default) or an integer >= 1; the error names the setting."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key}={value!r}: the number of sampling steps must be an integer >= 1 (or null: default)")
+
+
 def generate(cfg: DictConfig) -> dict[str, Any]:
     """Write ``num_samples`` PNGs to ``<run_dir>/samples`` and ``grid.png`` beside them."""
     if not cfg.ckpt_path:
         raise ValueError("task=generate needs ckpt_path=<checkpoint> (a latent-stage DiffAE, pixel or VAE model)")
     if int(cfg.num_samples) < 1 or int(cfg.batch_size) < 1:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
+    for key in ("T", "T_latent"):
+        check_steps(cfg.get(key), key)
     sampler = str(cfg.get("sampler") or "ddim")
     get_sampler(sampler)  # a bad name fails before the checkpoint is loaded
-    model = load_checkpoint_module(cfg.ckpt_path)
+    try:
+        model = load_checkpoint_module(cfg.ckpt_path)  # trusted_checkpoint: the process-wide setting
+    except CheckpointError as err:
+        raise CheckpointError(f"ckpt_path: {err}") from None
     if not hasattr(model, "sample"):
         raise ValueError(f"{cfg.ckpt_path} holds a {type(model).__name__}, which cannot sample")
     if getattr(model, "has_latent", True) is False or (hasattr(model, "latent_ready") and not model.latent_ready):
@@ -138,8 +157,19 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         max_steps=-1,
         use_distributed_sampler=False,
     )
-    trainer.predict(writer, datamodule=_Batches(int(cfg.num_samples), int(cfg.batch_size)), return_predictions=False)
+    batches = _Batches(int(cfg.num_samples), int(cfg.batch_size))
+    try:
+        with SignalFlag():
+            trainer.predict(writer, datamodule=batches, return_predictions=False)
+    except Preempted:
+        written = len(list(out_dir.glob("*.png")))
+        (run_dir / "samples.json").write_text(
+            json.dumps({"num_samples": int(cfg.num_samples), "written": written, "complete": False}, indent=2) + "\n"
+        )
+        print(f"Stopped by a signal: {written} of {cfg.num_samples} samples complete in {out_dir}", flush=True)
+        raise SystemExit(PREEMPTED_EXIT) from None
     manifest = {
+        "complete": True,
         "num_samples": int(cfg.num_samples),
         "checkpoint": str(cfg.ckpt_path),
         **{k: v for k, v in opts.items() if k != "sample_kwargs"},

@@ -67,14 +67,14 @@ class GatherLatents(BasePredictionWriter):
 
 def infer_latents(cfg: DictConfig) -> dict[str, Any]:
     """Encode the dataset of ``cfg.data`` with the autoencoder at ``cfg.ckpt_path``; write the latents file."""
-    from experiment import LitModel
+    from rockgen.lit.diffae import LitModel
 
     if not cfg.ckpt_path:
         raise ValueError("task=infer_latents needs ckpt_path=<autoencoder checkpoint>")
     try:
         model = load_checkpoint_module(cfg.ckpt_path, expect=LitModel)
     except CheckpointError as err:
-        raise CheckpointError(f"{err} (task=infer_latents needs a DiffAE autoencoder checkpoint)") from None
+        raise CheckpointError(f"ckpt_path: {err} (task=infer_latents needs a DiffAE autoencoder checkpoint)") from None
     run_dir = Path(cfg.paths.run_dir)
     dm = hydra.utils.instantiate(cfg.data, image_size=model.image_size, _convert_="all")
     dm.setup("predict")

@@ -1,6 +1,6 @@
 """``task=interpolate``: frames between two image files by a DiffAE checkpoint → PNG strip + looping GIF.
 
-    python run.py task=interpolate ckpt_path=logs/train/demo/checkpoints/last.ckpt \\
+    rockgen task=interpolate ckpt_path=logs/train/demo/checkpoints/last.ckpt \\
         image_a=a.png image_b=b.png frames=8 T=50
 
 z_sem is interpolated linearly and the DDIM-inverted x_T spherically (``rockgen.latent_ops.interpolate``).
@@ -13,19 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig
-from PIL import Image
 
-from rockgen.latent_ops import interpolate, load_image_tensor
+from rockgen.latent_ops import interpolate
 from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
-from rockgen.tasks.vae_tasks import pick_device, upscale_lanczos
-from rockgen.visual import save_grid, to_uint8
+from rockgen.tasks.common import pick_device, save_gif, save_strip, setting_image, upscale_lanczos
 
 
 def load_autoencoder(cfg: DictConfig, task: str):
     """The DiffAE LitModel at ``cfg.ckpt_path`` on ``cfg.device``, in eval mode; errors name ``ckpt_path``."""
-    from experiment import LitModel
+    from rockgen.lit.diffae import LitModel
 
     if not cfg.ckpt_path:
         raise ValueError(
@@ -42,47 +39,6 @@ def load_autoencoder(cfg: DictConfig, task: str):
         )
     except CheckpointError as err:
         raise CheckpointError(f"ckpt_path: {err}") from None
-
-
-def setting_image(cfg: DictConfig, key: str, image_size: int) -> torch.Tensor:
-    """The image file named by setting ``key`` as (1, 3, S, S) in [-1, 1]; errors name the setting."""
-    path = cfg.get(key)
-    if not path:
-        raise ValueError(f"{key}: give an image file ({key}=path/to/tile.png)")
-    if not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"{key}: image not found: {path}")
-    return load_image_tensor(path, image_size, fit=cfg.fit)
-
-
-def save_gif(images01: torch.Tensor, path: str | Path, frame_ms: int = 150, pingpong: bool = True) -> Path:
-    """Looping GIF of (N, 3, H, W) in [0, 1]; ``pingpong`` plays forward then back, so the loop has no jump.
-
-    Each frame gets its own 256-colour median-cut palette without dithering (Pillow's default web palette
-    would band the subtle colours of rock).
-    """
-    arrays = list(to_uint8(images01))
-    if pingpong and len(arrays) > 2:
-        arrays += arrays[-2:0:-1]
-    frames = [
-        Image.fromarray(a).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) for a in arrays
-    ]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(frame_ms), loop=0)
-    return path
-
-
-def save_strip(
-    images01: torch.Tensor,
-    path: Path,
-    first: torch.Tensor | None = None,
-    last: torch.Tensor | None = None,
-    size: int | None = None,
-) -> Path:
-    """One-row PNG of (N, 3, S, S) in [0, 1], framed by images ``first``/``last`` (1, 3, S, S) if given;
-    ``size``: each tile upscaled to size×size with Lanczos (for viewing small tiles)."""
-    row = torch.cat([t.cpu() for t in (first, images01, last) if t is not None])
-    return save_grid(upscale_lanczos(row, size), path, nrow=row.shape[0])
 
 
 def interpolate_task(cfg: DictConfig) -> dict[str, Any]:

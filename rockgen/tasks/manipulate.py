@@ -1,6 +1,6 @@
 """``task=manipulate``: move an image along a class direction of z_sem → a PNG strip over α + the classifier.
 
-    python run.py task=manipulate ckpt_path=logs/train/demo/checkpoints/last.ckpt \\
+    rockgen task=manipulate ckpt_path=logs/train/demo/checkpoints/last.ckpt \\
         latents_path=logs/infer_latents/demo/latents.pt image=tile.png target_class=layered \\
         'alphas=[-0.3,0,0.3,0.6]' T=50
 
@@ -20,7 +20,8 @@ from omegaconf import DictConfig
 from rockgen.latent_ops import code_labels, fit_linear_classifier, manipulate
 from rockgen.latents import encoder_fingerprint, load_latents
 from rockgen.tasks import write_json
-from rockgen.tasks.interpolate import load_autoencoder, save_strip, setting_image
+from rockgen.tasks.common import save_strip, setting_image
+from rockgen.tasks.interpolate import load_autoencoder
 
 
 def _file_part(name: str) -> str:
@@ -33,7 +34,7 @@ def manipulate_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     if not cfg.latents_path:
         raise ValueError(
-            "latents_path: give the latents file of this autoencoder (python run.py task=infer_latents ckpt_path=...)"
+            "latents_path: give the latents file of this autoencoder (rockgen task=infer_latents ckpt_path=...)"
         )
     if not Path(cfg.latents_path).expanduser().is_file():
         raise FileNotFoundError(f"latents_path: latents file not found: {cfg.latents_path}")

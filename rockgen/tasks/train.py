@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities import rank_zero_only
 
 from rockgen.conditioning import resolve_auto_classes
+from rockgen.run_lock import RunDirLock, first_process
 from rockgen.tasks import write_json
 from rockgen.tasks.build import build_trainer
 
@@ -48,14 +49,40 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     return None
 
 
+def check_image_size(cfg: DictConfig, model: Any) -> None:
+    """``data.image_size`` must be the size the model was built for (an error before any training step)."""
+    want, have = getattr(model, "image_size", None), cfg.data.get("image_size")
+    stage = getattr(getattr(model, "stage", None), "name", None)
+    if want is None or have is None or stage == "latent":
+        return
+    if int(have) != int(want):
+        raise ValueError(
+            f"data.image_size={have} but the model is built for {want} px tiles (model.*.image_size): set both to "
+            f"the same value (e.g. data.image_size={want}) or choose a template of that resolution"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit, then write ``metrics.json`` (last logged values, rank 0) into the run directory."""
-    pl.seed_everything(cfg.seed, workers=True)
+    """Fit, then write ``metrics.json`` (last logged values, rank 0) into the run directory.
+
+    The run directory is locked for the whole fit (``rockgen.run_lock``): a second training with the same
+    ``run_name`` stops at once with the PID of the first."""
     run_dir = Path(cfg.paths.run_dir)
+    lock = RunDirLock(run_dir).acquire() if first_process() else None
+    try:
+        return _train(cfg, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    pl.seed_everything(cfg.seed, workers=True)
     ckpt = resolve_resume(cfg, run_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
     resolve_auto_classes(cfg.model, datamodule)
     model = hydra.utils.instantiate(cfg.model, _convert_="all")
+    check_image_size(cfg, model)
     trainer = build_trainer(cfg, run_dir)
     if ckpt:
         _print(f"Resuming from {ckpt}")

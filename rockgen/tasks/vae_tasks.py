@@ -1,10 +1,10 @@
 """Tasks of the VAE baseline: extract latents (and fit their Gaussian), reconstruct tiles, interpolate.
 
-    python run.py template=demo_vae                                  # train (the ordinary train task)
-    python run.py task=vae_latents template=demo_vae                 # latents.npy, latent_gaussian.npz,
+    rockgen template=demo_vae                                  # train (the ordinary train task)
+    rockgen task=vae_latents template=demo_vae                 # latents.npy, latent_gaussian.npz,
                                                                      #   vae_gaussian.ckpt (Gaussian inside)
-    python run.py task=vae_reconstruct template=demo_vae target_size=128
-    python run.py task=vae_interpolate template=demo_vae image_a=a.png image_b=b.png frames=8
+    rockgen task=vae_reconstruct template=demo_vae target_size=128
+    rockgen task=vae_interpolate template=demo_vae image_a=a.png image_b=b.png frames=8
 
 ``ckpt_path`` defaults to ``logs/train/<template>/checkpoints/last.ckpt``. Generation (``model.sample``) is
 the shared ``task=generate``; ``upscale_lanczos`` is the ``target_size`` resize these tasks use.
@@ -16,63 +16,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
-from rockgen.data import TileDataset
 from rockgen.latents import Latents, encoder_fingerprint, latent_stats, save_latents
 from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module, read_checkpoint
 from rockgen.lit.vae import LitVAE
 from rockgen.tasks import write_json
-from rockgen.visual import save_grid, save_images, to_uint8
+from rockgen.tasks.common import pick_device, save_gif, save_strip, setting_image, tile_paths, tiles_of, upscale_lanczos
+from rockgen.visual import save_grid, save_images
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "all")
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` = the first CUDA device if there is one, else the CPU; anything else as torch spells it."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else torch.device(name)
-
-
-def tiles_of(data: DictConfig | dict[str, Any], image_size: int, split: str) -> tuple[Any, Dataset]:
-    """(data module, deterministic tiles (no augmentation)) of the data config at ``image_size``.
-
-    ``train``: every grid tile of the training files; ``val``: the held-out tiles validation uses (capped by
-    ``data.val_max_items``); ``all``: the predict set (every file, grid tiles or one centre crop each).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    dm = hydra.utils.instantiate(data, image_size=image_size, _convert_="all")
-    dm.prepare_data()
-    dm.setup("predict" if split == "all" else "fit")
-    if split == "all":
-        return dm, dm.predict_set
-    if split == "train":
-        return dm, TileDataset(dm.train_files, image_size, mode="grid")
-    if dm.val_set is None:
-        raise ValueError(f"no held-out files in {dm.data_root} (data.val_fraction={dm.val_fraction})")
-    return dm, dm.val_set
-
-
-def tile_paths(dataset: Dataset) -> list[str]:
-    """Source file of every item of a TileDataset or a Subset of one."""
-    indices = dataset.indices if isinstance(dataset, Subset) else range(len(dataset))
-    tiles = dataset.dataset if isinstance(dataset, Subset) else dataset
-    return [tiles.files[tiles.item_source(int(i))] for i in indices]
-
-
-def upscale_lanczos(images01: torch.Tensor, size: int | None) -> torch.Tensor:
-    """Resize (N, 3, H, W) in [0, 1] to (N, 3, size, size) with Lanczos (PIL, on uint8); None = unchanged."""
-    if not size or size == images01.shape[-1]:
-        return images01
-    out = [np.asarray(Image.fromarray(a).resize((size, size), Image.Resampling.LANCZOS)) for a in to_uint8(images01)]
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 255
 
 
 def load_vae(cfg: DictConfig, device: torch.device) -> LitVAE:
@@ -167,8 +123,6 @@ def reconstruct(cfg: DictConfig) -> dict[str, Any]:
 @torch.no_grad()
 def interpolate(cfg: DictConfig) -> dict[str, Any]:
     """Decode the straight line between the codes of ``image_a`` and ``image_b``: strip PNG + looping GIF."""
-    from rockgen.tasks.interpolate import save_gif, save_strip, setting_image
-
     run_dir = Path(cfg.paths.run_dir)
     model = load_vae(cfg, pick_device(cfg.device))
     x_a, x_b = (setting_image(cfg, key, model.image_size).to(model.device) for key in ("image_a", "image_b"))

@@ -1,0 +1,189 @@
+"""Large mosaics from a tile decoder: overlapping windows blended at every sampling step (MultiDiffusion).
+
+Bar-Tal et al. 2023 ("MultiDiffusion"): the canvas x_t (1, C, H, W) is one diffusion state; at each step
+every window w (a win×win crop) gets the network output o_w = f(x_t[w], t, z_w), and the canvas output is the
+weighted average  o(p) = Σ_w m_w(p) o_w(p) / Σ_w m_w(p)  — the least-squares fusion of the windows'
+predictions. ε̂, x̂_0 and v are affine in the network output at fixed (x_t, t), so fusing the output fuses
+x̂_0 too, and any sampler over ``model_fn(x_t, t)`` (DDIM here) then steps the whole canvas. The weights m_w
+taper to a small floor over the overlap (a raised cosine), so no window edge shows.
+
+Memory: network activations exist only for ``window_batch`` windows at a time; the canvas state and the
+fused output are (1, C, H, W) float32 each (an 8192² RGB canvas: 0.8 GB per tensor).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from rockgen.diffusion.schedules import Schedule
+from rockgen.samplers.ddim import _abar_at, _predict, ddim_step, ddim_timesteps
+
+WindowFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x (n,C,w,w), t (n,), idx (n,))
+
+
+def window_origins(size: int, window: int, overlap: int) -> list[int]:
+    """Top (or left) offsets of windows covering [0, size) with at least ``overlap`` px shared, last at the end."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1 px, got {window}")
+    if not 0 <= overlap < window:
+        raise ValueError(f"overlap must be in 0..window-1 = 0..{window - 1} px, got {overlap}")
+    if size < window:
+        raise ValueError(f"the mosaic ({size} px) is smaller than one window ({window} px): make it at least {window}")
+    stride = window - overlap
+    n = max(1, math.ceil((size - window) / stride) + 1)
+    if n == 1:
+        return [0]
+    # Spread the windows evenly so every overlap is at least ``overlap`` (rounded positions, last = size - window).
+    return [round(i * (size - window) / (n - 1)) for i in range(n)]
+
+
+def window_weight(window: int, overlap: int, floor: float = 1e-3) -> torch.Tensor:
+    """(window, window) blend weight: 1 inside, a raised-cosine ramp from ``floor`` over ``overlap`` px at the edges.
+
+    Separable (ramp_y ⊗ ramp_x); the floor keeps Σ m_w > 0 at the canvas border, where only one window lies.
+    """
+    ramp = torch.ones(window, dtype=torch.float64)
+    if overlap > 0:
+        k = torch.arange(overlap, dtype=torch.float64)
+        r = floor + (1 - floor) * 0.5 * (1 - torch.cos(math.pi * (k + 0.5) / overlap))
+        ramp[:overlap] = torch.minimum(ramp[:overlap], r)
+        ramp[-overlap:] = torch.minimum(ramp[-overlap:], r.flip(0))
+    return (ramp[:, None] * ramp[None, :]).float()
+
+
+class MosaicModel:
+    """``model_fn(x_t, t)`` of a whole canvas (1, C, H, W): the blended outputs of all windows.
+
+    ``window_fn(x, t, idx)`` runs the network on a batch of windows x (n, C, win, win) whose window numbers are
+    idx (n,) (so the caller can give each its own z_sem); windows are numbered row-major over ``origins``.
+    """
+
+    def __init__(
+        self,
+        window_fn: WindowFn,
+        height: int,
+        width: int,
+        window: int,
+        overlap: int,
+        window_batch: int = 16,
+        progress: bool = False,
+    ) -> None:
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+        self.window_fn, self.window, self.batch, self.progress = window_fn, window, int(window_batch), progress
+        self.rows = window_origins(height, window, overlap)
+        self.cols = window_origins(width, window, overlap)
+        self.origins = [(r, c) for r in self.rows for c in self.cols]
+        self.weight = window_weight(window, overlap)
+        self.height, self.width = height, width
+        norm = torch.zeros(height, width)
+        for r, c in self.origins:
+            norm[r : r + window, c : c + window] += self.weight
+        self.norm = norm
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return len(self.rows), len(self.cols)
+
+    def centres(self) -> torch.Tensor:
+        """Window centres (N, 2) in pixels (y, x), row-major like the window numbers."""
+        h = self.window / 2
+        return torch.tensor([(r + h, c + h) for r, c in self.origins], dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x (1, C, H, W), t (1,) → fused network output (1, C_out, H, W)."""
+        w = self.window
+        out = None
+        weight = self.weight.to(x.device, x.dtype)
+        for s in tqdm(range(0, len(self.origins), self.batch), desc="windows", disable=not self.progress, leave=False):
+            chunk = self.origins[s : s + self.batch]
+            xs = torch.cat([x[:, :, r : r + w, c : c + w] for r, c in chunk])
+            idx = torch.arange(s, s + len(chunk), device=x.device)
+            o = self.window_fn(xs, t[:1].expand(len(chunk)), idx).to(x.dtype)
+            if out is None:
+                out = torch.zeros(1, o.shape[1], x.shape[2], x.shape[3], dtype=x.dtype, device=x.device)
+            for k, (r, c) in enumerate(chunk):
+                out[0, :, r : r + w, c : c + w] += o[k] * weight
+        return out / self.norm.to(x.device, x.dtype)
+
+
+def field_codes(anchors: torch.Tensor, grid_shape: tuple[int, int], centres: torch.Tensor) -> torch.Tensor:
+    """z_sem per window (N, D) interpolated smoothly from anchor codes (gy·gx, D) on a regular grid, gy, gx >= 2.
+
+    Anchors sit evenly from the first to the last window centre (``centres`` (N, 2) px); each window's code is
+    the Catmull-Rom (C¹-smooth, interpolating) blend of the 4×4 nearest anchors at its centre. The grid is
+    extended by one linearly extrapolated anchor on each side, so linear fields are reproduced up to the edges.
+    """
+    gy, gx = grid_shape
+    if gy < 2 or gx < 2:
+        raise ValueError(f"a code field needs at least 2x2 anchors, got {gy}x{gx}")
+    a = anchors.reshape(gy, gx, -1).double()
+    a = torch.cat([2 * a[:1] - a[1:2], a, 2 * a[-1:] - a[-2:-1]], 0)
+    a = torch.cat([2 * a[:, :1] - a[:, 1:2], a, 2 * a[:, -1:] - a[:, -2:-1]], 1)  # (gy+2, gx+2, D)
+    lo, hi = centres.min(0).values, centres.max(0).values
+    u = (centres - lo) / (hi - lo).clamp_min(1e-9) * torch.tensor([gy - 1, gx - 1], dtype=torch.float64)
+
+    def cubic_weights(f: float) -> torch.Tensor:  # (4,) Catmull-Rom weights of taps at -1, 0, 1, 2
+        f2, f3 = f * f, f * f * f
+        w = [-0.5 * f3 + f2 - 0.5 * f, 1.5 * f3 - 2.5 * f2 + 1, -1.5 * f3 + 2 * f2 + 0.5 * f, 0.5 * f3 - 0.5 * f2]
+        return torch.tensor(w, dtype=torch.float64)
+
+    out = []
+    for yy, xx in u.tolist():
+        iy, ix = min(int(math.floor(yy)), gy - 2), min(int(math.floor(xx)), gx - 2)
+        wy, wx = cubic_weights(yy - iy), cubic_weights(xx - ix)
+        patch = a[iy : iy + 4, ix : ix + 4]  # padded index iy = original iy − 1
+        out.append(torch.einsum("p,q,pqd->d", wy, wx, patch))
+    return torch.stack(out).float()
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous partial file intact
+
+
+@torch.no_grad()
+def sample_mosaic(
+    model_fn: MosaicModel,
+    x_T: torch.Tensor,
+    schedule: Schedule,
+    num_steps: int,
+    *,
+    clip_x0: bool = True,
+    prediction: str = "eps",
+    state_path: str | Path | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
+    """DDIM over the canvas x_T (1, C, H, W) → x_0, saving (step, x_t) to ``state_path`` after every step.
+
+    If ``state_path`` holds a partial state with the same ``meta`` (shape, steps, seed, checkpoint ...), the
+    loop resumes after its last finished step and gives exactly the uninterrupted result (DDIM with η = 0 is a
+    deterministic map of x_t alone).
+    """
+    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
+    x, start = x_T, len(steps) - 1
+    path = Path(state_path) if state_path is not None else None
+    if path is not None and path.is_file():
+        st = torch.load(path, map_location=x_T.device, weights_only=True)
+        if st.get("meta") != (meta or {}):
+            raise ValueError(
+                f"{path} is a partial mosaic of other settings ({st.get('meta')}); delete it or use overwrite=true"
+            )
+        x, start = st["x"].to(x_T.device), int(st["next"])
+    for i in tqdm(range(start, -1, -1), total=len(steps), initial=len(steps) - 1 - start, desc="mosaic",
+                  disable=not progress):  # fmt: skip
+        t, s = steps[i], steps[i - 1] if i > 0 else -1
+        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+        eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
+        x = ddim_step(eps, x0, a_t, a_s)
+        if path is not None:
+            _save_state(path, {"x": x.cpu(), "next": i - 1, "meta": meta or {}})
+    return x

@@ -1,0 +1,135 @@
+"""``task=mosaic``: one large image from a DiffAE checkpoint by MultiDiffusion (``rockgen.mosaic``).
+
+    python run.py task=mosaic ckpt_path=logs/train/demo-latent/checkpoints/last.ckpt width=1024 height=1024
+
+``width``/``height`` are pixels, or Web-Mercator metres at ``zoom`` with ``units=m`` (pixel size
+2π·6378137 / (256·2^zoom) m: 0.0187 m at zoom 23). z_sem is one code for the whole mosaic (``z_sem=shared``:
+drawn by the latent DDIM, or encoded from ``z_image``) or a smooth field (``z_sem=field``: codes drawn by the
+latent DDIM at anchors every ``anchor_every`` windows, bicubically interpolated to each window). After every
+step the canvas state goes to ``<run_dir>/mosaic.partial.pt``: rerun with the same ``run_name`` to resume.
+Writes ``<run_dir>/mosaic.png`` and ``mosaic.json`` (+ ``mosaic.tif``, a COG in EPSG:3857 with its top-left
+at XYZ tile ``x``, ``y`` of ``zoom``, with ``output=geotiff``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from PIL import Image
+
+from rockgen.lit.checkpoint import load_checkpoint_module
+from rockgen.mosaic import MosaicModel, field_codes, sample_mosaic, window_origins
+from rockgen.visual import to_uint8
+
+EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0  # EPSG:3857 world width
+
+
+def pixel_size_m(zoom: int) -> float:
+    """Web-Mercator pixel size (m) of 256 px XYZ tiles at ``zoom``."""
+    check_zoom(zoom)
+    return EARTH_CIRCUMFERENCE_M / (256 * 2**zoom)
+
+
+def check_zoom(zoom) -> int:
+    if zoom is None or not 0 <= int(zoom) <= 30 or int(zoom) != zoom:
+        raise ValueError(f"zoom must be an integer in 0..30 (XYZ levels), got {zoom}")
+    return int(zoom)
+
+
+def mosaic_size(cfg: DictConfig) -> tuple[int, int]:
+    """(height, width) in pixels from ``width``/``height`` and ``units`` (px | m at ``zoom``)."""
+    if cfg.width is None or cfg.height is None:
+        raise ValueError("task=mosaic needs width=... and height=... (pixels, or metres with units=m zoom=...)")
+    if cfg.units == "px":
+        return int(cfg.height), int(cfg.width)
+    if cfg.units == "m":
+        px = pixel_size_m(cfg.zoom)
+        return max(1, round(float(cfg.height) / px)), max(1, round(float(cfg.width) / px))
+    raise ValueError(f"units must be px or m, got {cfg.units!r}")
+
+
+def _codes(model, cfg: DictConfig, mosaic: MosaicModel, gen: torch.Generator) -> torch.Tensor:
+    """z_sem per window (N, D) for z_sem=shared|field."""
+    n = len(mosaic.origins)
+    if cfg.z_sem not in ("shared", "field"):
+        raise ValueError(f"z_sem must be shared or field, got {cfg.z_sem!r}")
+    if cfg.z_sem == "shared" and cfg.z_image:
+        from rockgen.latent_ops import load_image_tensor
+
+        return model.encode(load_image_tensor(cfg.z_image, model.image_size)).cpu().expand(n, -1)
+    if not getattr(model, "has_latent", False) or not bool(getattr(model, "latent_ready", False)):
+        hint = " or give z_image=<tile> with z_sem=shared" if cfg.z_sem == "shared" else ""
+        raise ValueError(
+            f"{cfg.ckpt_path} has no trained latent stage, which z_sem={cfg.z_sem} samples codes from: train it "
+            f"with template=<res>_latent (e.g. demo_latent, scripts/pipeline.sh) and use that checkpoint{hint}"
+        )
+    if cfg.z_sem == "shared":
+        return model.sample_latents(1, "cpu", cfg.T_latent, generator=gen).cpu().expand(n, -1)
+    gy, gx = mosaic.grid
+    every = max(1, int(cfg.anchor_every))
+    ay, ax = max(2, math.ceil((gy - 1) / every) + 1), max(2, math.ceil((gx - 1) / every) + 1)
+    anchors = model.sample_latents(ay * ax, "cpu", cfg.T_latent, generator=gen).cpu()
+    return field_codes(anchors, (ay, ax), mosaic.centres())
+
+
+def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
+    """Sample the mosaic and write ``mosaic.png`` (+ ``mosaic.json``) under the run directory."""
+    if not cfg.ckpt_path:
+        raise ValueError("task=mosaic needs ckpt_path=<DiffAE checkpoint>")
+    height, width = mosaic_size(cfg)
+    output = cfg.get("output", "png")
+    if output not in ("png", "geotiff"):
+        raise ValueError(f"output must be png or geotiff, got {output!r}")
+    if output == "geotiff":
+        from rockgen.gis import tile_origin
+
+        tile_origin(check_zoom(cfg.zoom), int(cfg.x), int(cfg.y))  # bad zoom / tile fails before any work
+    run_dir = Path(cfg.paths.run_dir)
+    out = run_dir / "mosaic.png"
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists: choose another run_name or set overwrite=true")
+    if cfg.window is not None:  # settings errors before the checkpoint is read
+        window_origins(height, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
+        window_origins(width, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
+    model = load_checkpoint_module(cfg.ckpt_path).eval()
+    if not hasattr(model, "decoder_fn"):
+        raise ValueError(f"task=mosaic needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
+    window = int(cfg.window or model.image_size)
+    overlap = int(cfg.overlap if cfg.overlap is not None else window // 4)
+    dec = model.ema_model.decoder
+    codes: torch.Tensor | None = None
+
+    def window_fn(x, t, idx):
+        return dec(x, t, cond=codes[idx.cpu()].to(x.device))
+
+    mosaic = MosaicModel(window_fn, height, width, window, overlap, int(cfg.window_batch))
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    codes = _codes(model, cfg, mosaic, gen)
+    x_T = torch.randn(1, 3, height, width, generator=gen)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = dict(
+        ckpt=str(cfg.ckpt_path), height=height, width=width, window=window, overlap=overlap, T=int(cfg.T),
+        seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image),
+    )  # fmt: skip
+    d = model.diffusion_conf
+    x0 = sample_mosaic(
+        mosaic, x_T.to(model.device), model.schedule, int(cfg.T), clip_x0=d.clip_x0, prediction=d.prediction,
+        state_path=run_dir / "mosaic.partial.pt", meta=meta,
+    )  # fmt: skip
+    img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
+    Image.fromarray(img).save(out)
+    if output == "geotiff":
+        from rockgen.gis import write_geotiff
+
+        info_tif = write_geotiff(run_dir / "mosaic.tif", img, int(cfg.zoom), int(cfg.x), int(cfg.y), cfg.overwrite)
+        print(f"Wrote the Cloud-Optimised GeoTIFF {info_tif} (EPSG:3857, tile {cfg.x},{cfg.y} at zoom {cfg.zoom})")
+    (run_dir / "mosaic.partial.pt").unlink(missing_ok=True)
+    info = {**meta, "windows": len(mosaic.origins), "grid": list(mosaic.grid), "file": str(out)}
+    (run_dir / "mosaic.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"Wrote a {width}x{height} mosaic ({len(mosaic.origins)} windows) to {out}", flush=True)
+    return {"run_dir": run_dir, "mosaic": out, "image": img}
