@@ -53,7 +53,6 @@ def test_bench_demo_writes_every_row_and_field(tmp_path):
     assert result["preset"] == "demo" and result["batch"] == 2 and result["T"] == 2
     for key in ("torch", "threads", "cpu_model"):
         assert result["machine"][key], key
-    assert result["reference_official"] is None  # official figures are for rock64 at batch 8 only
     assert [r["config"] for r in result["rows"]] == ["fp32 cl", "bf16 cl"]
     for row in result["rows"]:
         for field in ROW_FIELDS:
