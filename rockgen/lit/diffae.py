@@ -29,6 +29,7 @@ from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimCo
 from rockgen.diffusion import Schedule
 from rockgen.ema import ema_decay, ema_update_module_
 from rockgen.lit.common import RockgenModule, build_optimizer, check_images, trainer_precision
+from rockgen.lit.protocol import GenerationMode, ReconstructionCode
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
@@ -205,6 +206,43 @@ class LitModel(RockgenModule):
         if noise is None:
             noise = torch.randn(N, 3, self.image_size, self.image_size, generator=gen, device=device)
         return self.render(noise, cond, T, progress=progress, sampler=sampler, seamless=seamless)
+
+    # ---------------------------------------------------------------- generation protocol (rockgen.lit.protocol)
+    method_key, method_label, preset_method = "diffae", "DiffAE", "autoenc"
+
+    def generation_modes(self, T: int = 20, T_latent: int = 20) -> list[GenerationMode]:
+        """Latent DDIM-T_latent → render DDIM-T; without a trained latent stage, render with random z_sem."""
+        if self.has_latent and bool(self.latent_ready):
+
+            def sample(n: int, seed: int, warm: bool) -> torch.Tensor:
+                return self.sample(n, self.device, T=2 if warm else T, T_latent=2 if warm else T_latent, seed=seed)
+
+            return [GenerationMode(f"T={T}", f"latent DDIM-{T_latent} + render DDIM-{T}", sample)]
+
+        def render(n: int, seed: int, warm: bool) -> torch.Tensor:
+            gen = torch.Generator(device=self.device).manual_seed(seed)
+            s, d = self.image_size, self.ema_model.decoder.cfg.cond_channels
+            x_T = torch.randn(n, 3, s, s, generator=gen, device=self.device)
+            z = torch.randn(n, d, generator=gen, device=self.device)
+            return self.render(x_T, z, T=2 if warm else T)
+
+        return [GenerationMode(f"T={T}", f"render DDIM-{T} with random z_sem (no latent DDIM in this model)", render)]
+
+    def reconstruction_codes(self, T: int = 20, **unused) -> list[ReconstructionCode]:
+        """z_sem + DDIM-inverted x_T (near-exact), and z_sem alone with a random x_T (what z_sem keeps)."""
+
+        def inferred(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            z = self.encode(x)
+            return self.render(self.encode_stochastic(x, z, T=T), z, T=T)
+
+        def random(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+            noise = torch.randn(x.shape, generator=gen, device=gen.device)
+            return self.render(noise, self.encode(x), T=T)
+
+        return [
+            ReconstructionCode(f"z_sem + inferred x_T (DDIM-{T})", inferred),
+            ReconstructionCode(f"z_sem only, random x_T (DDIM-{T})", random),
+        ]
 
     @property
     def has_latent(self) -> bool:

@@ -46,6 +46,7 @@ from rockgen.lit.common import (
     trainer_precision,
     warn_unused,
 )
+from rockgen.lit.protocol import GenerationMode, ReconstructionCode
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
 from rockgen.visual import save_grid, upscale_to
@@ -181,6 +182,31 @@ class PixelDiffusion(RockgenModule):
         else:
             x0 = ddpm_sample(fn, x, self.schedule, T, variance=variance, **kw)
         return ((x0.float() + 1) / 2).clamp(0, 1)
+
+    # ---------------------------------------------------------------- generation protocol (rockgen.lit.protocol)
+    method_key, method_label, preset_method = "pixel", "Pixel DDPM", "pixel"
+
+    def generation_modes(
+        self, T: tuple[int, ...] | list[int] = (25, 50), ddpm_steps: int = 1000, ddpm_probe_steps: int = 10
+    ) -> list[GenerationMode]:
+        """DDIM at each T, and DDPM-``ddpm_steps`` probed on ``ddpm_probe_steps`` real steps (cost extrapolated)."""
+
+        def mode(steps: int, method: str):
+            def run(n: int, seed: int, warm: bool) -> torch.Tensor:
+                return self.sample(n, self.device, T=2 if warm else steps, method=method, seed=seed)
+
+            return run
+
+        ddpm_note = f"estimated: {ddpm_steps} × the per-step time of {ddpm_probe_steps} DDPM steps"
+        return [GenerationMode(f"DDIM-{t}", "", mode(t, "ddim")) for t in T] + [
+            GenerationMode(
+                f"DDPM-{ddpm_steps}", ddpm_note, mode(ddpm_probe_steps, "ddpm"), ddpm_steps / ddpm_probe_steps
+            )
+        ]
+
+    def reconstruction_codes(self, **unused: Any) -> list[ReconstructionCode]:
+        """None: the pixel model has no encoder."""
+        return []
 
     # ---------------------------------------------------------------- training
     def setup(self, stage: str) -> None:

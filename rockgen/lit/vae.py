@@ -45,6 +45,7 @@ from rockgen.lit.common import (
     trainer_precision,
     warn_unused,
 )
+from rockgen.lit.protocol import GenerationMode, ReconstructionCode
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
 from rockgen.visual import save_grid
 
@@ -188,6 +189,21 @@ class LitVAE(RockgenModule):
             )
         z = self.latent_mean.cpu() + temperature * eps @ self._cov_factor().T
         return z.float().to(device)
+
+    # ---------------------------------------------------------------- generation protocol (rockgen.lit.protocol)
+    method_key, method_label, preset_method = "vae", "VAE", "vae"
+
+    def generation_modes(self, **unused: Any) -> list[GenerationMode]:
+        """One decoder pass of z from the fitted Gaussian of the training latents (the N(0, I) prior if none)."""
+        method = "gaussian" if self.latent_gaussian_fitted else "prior"
+        note = "z ~ fitted Gaussian" if method == "gaussian" else "z ~ N(0, I) prior (no fitted Gaussian)"
+        return [
+            GenerationMode("decode", note, lambda n, seed, warm: self.sample(n, self.device, method=method, seed=seed))
+        ]
+
+    def reconstruction_codes(self, **unused: Any) -> list[ReconstructionCode]:
+        """decode(μ) of the posterior."""
+        return [ReconstructionCode("z = μ (decode)", lambda x, gen: self.reconstruct(x))]
 
     # ---------------------------------------------------------------- the Gaussian of the training latents
     @property

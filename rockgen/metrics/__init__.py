@@ -1,6 +1,12 @@
 """Evaluation metrics (PSNR/SSIM/LPIPS, FID) that never download weights: they check the local cache first."""
 
-from rockgen.metrics.fid import build_fid, fid_available, torch_fidelity_installed
+from rockgen.metrics.fid import (
+    DistributionScores,
+    build_fid,
+    fid_available,
+    fid_unavailable_reason,
+    torch_fidelity_installed,
+)
 from rockgen.metrics.recon import (
     FrozenLPIPS,
     LPIPSMetric,
@@ -18,6 +24,8 @@ from rockgen.metrics.weights import (
 )
 
 __all__ = [
+    "DistributionScores",
+    "fid_unavailable_reason",
     "FrozenLPIPS",
     "LPIPSMetric",
     "MissingWeightsError",

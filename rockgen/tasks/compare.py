@@ -14,8 +14,13 @@ Memory: each model runs in a fresh subprocess (``isolate``); peak memory = the p
 sampling (Linux VmHWM, reset after building) minus the resident set before the model was built (interpreter
 and libraries) minus the training copy of the weights (every module also holds an EMA copy, which is what
 samples); on CUDA, ``max_memory_allocated``.
-Reconstruction (checkpoints only) on the held-out tiles of ``data.*``: VAE decode(μ); DiffAE
-render(DDIM-inverted x_T, z_sem) and render(random x_T, z_sem); the pixel model has no encoder, so no row.
+Reconstruction (checkpoints only) on the held-out tiles of ``data.*``: every ``reconstruction_codes`` entry of
+the model (VAE decode(μ); DiffAE render(DDIM-inverted x_T, z_sem) and render(random x_T, z_sem); the pixel model
+has no encoder, so no row). FID and KID (checkpoints only, when torch-fidelity and the Inception weights are on
+disk, else a row saying why): ``fid_samples`` images of the model's first measured generation mode vs the held-out
+tiles; KID (unbiased, with its std over subsets) is the one to read at a few hundred samples.
+The models are driven through ``rockgen.lit.protocol`` (``generation_modes``/``reconstruction_codes``): no
+branch on the kind of model here.
 """
 
 from __future__ import annotations
@@ -28,7 +33,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,48 +42,63 @@ from omegaconf import DictConfig, OmegaConf
 from rockgen.tasks import write_json
 from rockgen.tasks.common import pick_device, tiles_of
 
-KINDS = {"diffae": "DiffAE", "pixel": "Pixel DDPM", "vae": "VAE"}
-TARGET_KIND = {
-    "rockgen.lit.diffae.LitModel": "diffae",
-    "rockgen.lit.pixel.PixelDiffusion": "pixel",
-    "rockgen.lit.vae.LitVAE": "vae",
-}
-PRESET_SUFFIX = {"diffae": "autoenc", "pixel": "pixel", "vae": "vae"}
+CHECKPOINT_KEYS = ("diffae", "pixel", "vae")  # compare.<key>_ckpt: the model's ``method_key``
+
+
+def method_classes() -> list[type]:
+    """The LightningModules compare can measure: each implements ``rockgen.lit.protocol``."""
+    from rockgen.lit.diffae import LitModel
+    from rockgen.lit.pixel import PixelDiffusion
+    from rockgen.lit.vae import LitVAE
+
+    return [LitModel, PixelDiffusion, LitVAE]
 
 
 # -------------------------------------------------------------------------------------------- main process
 def compare(cfg: DictConfig) -> dict[str, Any]:
-    """Measure every checkpoint given and every fresh preset model; write comparison.md and .json."""
+    """Measure every checkpoint given and every fresh preset model; write comparison.md, .json and .csv."""
     conf = OmegaConf.to_container(cfg.compare, resolve=True)
     run_dir = Path(cfg.paths.run_dir)
     recon = {"data": OmegaConf.to_container(cfg.data, resolve=True), "max_items": conf["recon_items"]}
-    jobs = [{**conf, "kind": k, "ckpt": str(conf[f"{k}_ckpt"]), "recon": recon} for k in KINDS if conf[f"{k}_ckpt"]]
-    presets = conf["presets"] or [f"rock{r}_{PRESET_SUFFIX[k]}" for r in conf["resolutions"] for k in KINDS]
-    jobs += [{**conf, "kind": preset_kind(name), "preset": name, "recon": None} for name in presets]
+    jobs = [{**conf, "ckpt": str(conf[f"{k}_ckpt"]), "recon": recon} for k in CHECKPOINT_KEYS if conf[f"{k}_ckpt"]]
+    suffixes = [cls.preset_method for cls in method_classes()]
+    presets = conf["presets"] or [f"rock{r}_{suffix}" for r in conf["resolutions"] for suffix in suffixes]
+    for name in presets:
+        check_preset(name)
+    jobs += [{**conf, "preset": name, "recon": None} for name in presets]
     if not jobs:
         raise ValueError("nothing to compare: give compare.{diffae,pixel,vae}_ckpt and/or compare.resolutions")
+    if conf["fid_samples"] and any(j["recon"] for j in jobs):
+        from rockgen.metrics import fid_unavailable_reason
+
+        reason = fid_unavailable_reason()
+        print(f"[compare] FID/KID of {conf['fid_samples']} samples vs held-out tiles", flush=True)
+        if reason:
+            print(f"[compare] FID/KID skipped: {reason}", flush=True)
     env, results = environment(conf), []
     for job in jobs:
-        print(f"[compare] {KINDS[job['kind']]} {job.get('ckpt') or job['preset']}", flush=True)
+        print(f"[compare] {job.get('ckpt') or job['preset']}", flush=True)
         results.append(run_isolated(job) if conf["isolate"] else measure(job))
     report = {"environment": env, "models": results}
     write_json(run_dir / "comparison.json", report)
     (run_dir / "comparison.md").write_text(markdown(report))
+    write_csv(report, run_dir / "comparison.csv")
     print((run_dir / "comparison.md").read_text(), flush=True)
     return report
 
 
-def preset_kind(name: str) -> str:
-    """diffae / pixel / vae of a template by its model's class."""
+def check_preset(name: str) -> None:
+    """A template compare can build: known, and its model implements the generation protocol."""
+    from hydra.utils import get_class
+
     from rockgen.presets import presets
 
     table = presets()
     if name not in table:
         raise ValueError(f"compare.presets: unknown template {name!r}; choose from {sorted(table)}")
     target = table[name]["model"]["_target_"]
-    if target not in TARGET_KIND:
+    if not hasattr(get_class(target), "generation_modes"):
         raise ValueError(f"compare.presets: {name} builds {target}, which compare cannot measure")
-    return TARGET_KIND[target]
 
 
 def run_isolated(job: dict[str, Any]) -> dict[str, Any]:
@@ -132,18 +151,26 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     copies = 2 if getattr(model, "ema_model", None) is not None else 1  # training weights + EMA
     params = sum(p.numel() for p in model.parameters()) // copies
     training_copy_mb = (copies - 1) * sum(p.numel() * p.element_size() for p in model.parameters()) / copies / 2**20
+    options = job["options"].get(model.method_key) or {}
+    modes = model.generation_modes(**options)
     _reset_peak(device)
-    rows = [_time_row(job, device, name, fn) for name, fn in _methods(model, job, device)]
+    rows = [_time_row(job, device, mode) for mode in modes]
     memory = _peak_mb(device) - base - training_copy_mb
-    recon = _reconstruction(model, job, device) if job.get("recon") else []
+    recon, distribution = [], None
+    if job.get("recon"):
+        tiles = _heldout_tiles(job, model.image_size)
+        recon = _reconstruction(model.reconstruction_codes(**options), tiles, job, device)
+        distribution = _distribution(next(m for m in modes if m.cost_scale == 1), tiles, job, device)
     return {
-        "kind": job["kind"],
+        "kind": model.method_key,
+        "method": model.method_label,
         "source": job.get("ckpt") or f"fresh {job['preset']}",
         "image_size": model.image_size,
         "params_m": params / 1e6,
         "peak_memory_mb": memory,
         "rows": rows,
         "reconstruction": recon,
+        "distribution": distribution,
     }
 
 
@@ -160,105 +187,76 @@ def _load(job: dict[str, Any], device: torch.device):
     return model.to(device).eval()
 
 
-def _methods(model, job: dict[str, Any], device: torch.device) -> list[tuple[str, Callable[[int, bool], str]]]:
-    """(row name, fn(batch, warm_up) → note) of each sampling method of the model; warm-up runs 2 steps."""
-    seed = job["seed"]
-    if job["kind"] == "vae":
-        method = "gaussian" if model.latent_gaussian_fitted else "prior"
-
-        def vae(n: int, warm: bool) -> str:
-            model.sample(n, device, method=method, seed=seed)
-            return "z ~ fitted Gaussian" if method == "gaussian" else "z ~ N(0, I) prior (no fitted Gaussian)"
-
-        return [("decode", vae)]
-    if job["kind"] == "pixel":
-
-        def pixel(T: int, method: str) -> Callable[[int, bool], str]:
-            def run(n: int, warm: bool) -> str:
-                model.sample(n, device, T=2 if warm else T, method=method, seed=seed)
-                return ""
-
-            return run
-
-        probe = job["ddpm_probe_steps"]
-        return [(f"DDIM-{T}", pixel(T, "ddim")) for T in job["pixel_T"]] + [
-            (f"DDPM-{job['ddpm_steps']}", pixel(probe, "ddpm"))
-        ]
-    T, T_latent = job["diffae_T"], job["diffae_T_latent"]
-    if getattr(model, "has_latent", False) and bool(model.latent_ready):
-
-        def diffae(n: int, warm: bool) -> str:
-            model.sample(n, device, T=2 if warm else T, T_latent=2 if warm else T_latent, seed=seed)
-            return f"latent DDIM-{T_latent} + render DDIM-{T}"
-    else:
-
-        def diffae(n: int, warm: bool) -> str:
-            gen = torch.Generator(device=device).manual_seed(seed)
-            s, d = model.image_size, model.ema_model.decoder.cfg.cond_channels
-            x_T = torch.randn(n, 3, s, s, generator=gen, device=device)
-            model.render(x_T, torch.randn(n, d, generator=gen, device=device), T=2 if warm else T)
-            return f"render DDIM-{T} with random z_sem (no latent DDIM in this model)"
-
-    return [(f"T={T}", diffae)]
-
-
-def _time_row(job: dict[str, Any], device: torch.device, name: str, fn) -> dict[str, Any]:
-    """Warm up once, then time ``repeats`` calls of ``fn(batch_size)`` and keep the median (a shared machine
-    has bursts of other work); DDPM is extrapolated from its per-step time."""
+def _time_row(job: dict[str, Any], device: torch.device, mode) -> dict[str, Any]:
+    """Warm up once, then time ``repeats`` calls of the mode at ``batch_size`` and keep the median (a shared
+    machine has bursts of other work); a probed mode (DDPM) is extrapolated by its ``cost_scale``."""
     b, times = job["batch_size"], []
-    fn(b, True)
+    mode.run(b, job["seed"], True)
     for _ in range(job["repeats"]):
         _sync(device)
         start = time.perf_counter()
-        note = fn(b, False)
+        mode.run(b, job["seed"], False)
         _sync(device)
         times.append(time.perf_counter() - start)
-    per_sample = statistics.median(times) / b
-    measured = not name.startswith("DDPM")
-    if not measured:
-        per_sample *= job["ddpm_steps"] / job["ddpm_probe_steps"]
-        note = f"estimated: {job['ddpm_steps']} × the per-step time of {job['ddpm_probe_steps']} DDPM steps"
+    per_sample = statistics.median(times) / b * mode.cost_scale
     return {
-        "method": name,
-        "measured": measured,
-        "note": note,
+        "method": mode.name,
+        "measured": mode.cost_scale == 1,
+        "note": mode.note,
         "s_per_sample": per_sample,
         "samples_per_s": 1.0 / per_sample,
         "call_seconds": times,
     }
 
 
+def _heldout_tiles(job: dict[str, Any], image_size: int):
+    """The held-out tiles of ``data.*`` at the model's size, at most ``recon.max_items``."""
+    from torch.utils.data import Subset
+
+    spec = job["recon"]
+    tiles = tiles_of({**spec["data"], "num_workers": 0}, image_size, "val")[1]
+    if spec["max_items"] and len(tiles) > spec["max_items"]:
+        tiles = Subset(tiles, range(spec["max_items"]))
+    return tiles
+
+
 @torch.no_grad()
-def _reconstruction(model, job: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
-    """PSNR/SSIM(/LPIPS) on up to ``max_items`` held-out tiles: one row per kind of code."""
-    if job["kind"] == "pixel":
+def _reconstruction(codes, tiles, job: dict[str, Any], device: torch.device) -> list[dict[str, Any]]:
+    """PSNR/SSIM(/LPIPS) of every reconstruction code of the model on the held-out tiles."""
+    if not codes:
         return []
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
 
     from rockgen.metrics import ReconstructionMetrics
 
-    spec = job["recon"]
-    tiles = tiles_of({**spec["data"], "num_workers": 0}, model.image_size, "val")[1]
-    if spec["max_items"] and len(tiles) > spec["max_items"]:
-        tiles = Subset(tiles, range(spec["max_items"]))
-    T = job["diffae_T"]
-    codes = {
-        "vae": ["z = μ (decode)"],
-        "diffae": [f"z_sem + inferred x_T (DDIM-{T})", f"z_sem only, random x_T (DDIM-{T})"],
-    }
-    metrics = {name: ReconstructionMetrics().to(device) for name in codes[job["kind"]]}
+    metrics = {code.name: ReconstructionMetrics().to(device) for code in codes}
     gen = torch.Generator(device=device).manual_seed(job["seed"])
     for batch in DataLoader(tiles, batch_size=job["batch_size"]):
         x = batch["img"].to(device)
-        target = (x + 1) / 2
-        if job["kind"] == "vae":
-            metrics["z = μ (decode)"].update(model.reconstruct(x), target)
-            continue
-        z = model.encode(x)
-        inferred, random = metrics
-        metrics[inferred].update(model.render(model.encode_stochastic(x, z, T=T), z, T=T), target)
-        metrics[random].update(model.render(torch.randn(x.shape, generator=gen, device=device), z, T=T), target)
+        for code in codes:
+            metrics[code.name].update(code.run(x, gen), (x + 1) / 2)
     return [{"code": name, "tiles": len(tiles), **m.compute()} for name, m in metrics.items()]
+
+
+@torch.no_grad()
+def _distribution(mode, tiles, job: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """FID and KID (± std) of ``fid_samples`` images of ``mode`` vs the held-out tiles (Inception, offline)."""
+    from torch.utils.data import DataLoader
+
+    from rockgen.metrics import DistributionScores, fid_unavailable_reason
+
+    n = job["fid_samples"]
+    if not n:
+        return {"skipped": "compare.fid_samples=0"}
+    reason = fid_unavailable_reason()
+    if reason:
+        return {"skipped": reason}
+    scores = DistributionScores(subset_size=job["kid_subset_size"])
+    for batch in DataLoader(tiles, batch_size=job["batch_size"]):
+        scores.update(batch["img"].to(device).add(1).div(2), real=True)
+    for i, start in enumerate(range(0, n, job["batch_size"])):
+        scores.update(mode.run(min(job["batch_size"], n - start), job["seed"] + 1 + i, False), real=False)
+    return {"mode": mode.name, **scores.compute(seed=job["seed"])}
 
 
 def _cpu_name() -> str:
@@ -325,7 +323,7 @@ def markdown(report: dict[str, Any]) -> str:
     for m in report["models"]:
         for r in m["rows"]:
             lines.append(
-                f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {m['params_m']:.2f} "
+                f"| {m['method']} | {_short(m['source'])} | {m['image_size']} | {m['params_m']:.2f} "
                 f"| {r['method']} | {r['samples_per_s']:.3g} | {r['s_per_sample']:.3g} "
                 f"| {m['peak_memory_mb']:.0f} | {r['note']} |"
             )
@@ -339,10 +337,46 @@ def markdown(report: dict[str, Any]) -> str:
         for m, r in recon:
             lpips = f"{r['lpips']:.3f}" if "lpips" in r else "n/a (no AlexNet weights)"
             lines.append(
-                f"| {KINDS[m['kind']]} | {_short(m['source'])} | {m['image_size']} | {r['code']} "
+                f"| {m['method']} | {_short(m['source'])} | {m['image_size']} | {r['code']} "
                 f"| {r['tiles']} | {r['psnr']:.2f} | {r['ssim']:.3f} | {lpips} |"
             )
+    dist = [(m, m["distribution"]) for m in report["models"] if m.get("distribution")]
+    if dist:
+        lines += ["", "| Model | Source | Res | Samples of | FID | KID (×10³) ± std | real / generated |"]
+        lines += ["|---|---|---:|---|---:|---:|---:|"]
+        for m, d in dist:
+            if "skipped" in d:
+                lines.append(
+                    f"| {m['method']} | {_short(m['source'])} | {m['image_size']} | n/a ({d['skipped']}) |||| "
+                )
+                continue
+            lines.append(
+                f"| {m['method']} | {_short(m['source'])} | {m['image_size']} | {d['mode']} | {d['fid']:.2f} "
+                f"| {1e3 * d['kid']:.2f} ± {1e3 * d['kid_std']:.2f} | {d['n_real']} / {d['n_fake']} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def write_csv(report: dict[str, Any], path: Path) -> None:
+    """comparison.csv: one row per (model, metric) — speed rows, reconstruction rows, FID/KID."""
+    import csv
+
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["method", "source", "image_size", "row", "metric", "value"])
+        for m in report["models"]:
+            head = [m["method"], m["source"], m["image_size"]]
+            for r in m["rows"]:
+                out.writerow([*head, r["method"], "samples_per_s", r["samples_per_s"]])
+            out.writerow([*head, "", "peak_memory_mb", m["peak_memory_mb"]])
+            for r in m["reconstruction"]:
+                for key in ("psnr", "ssim", "lpips"):
+                    if key in r:
+                        out.writerow([*head, r["code"], key, r[key]])
+            d = m.get("distribution") or {}
+            for key in ("fid", "kid", "kid_std"):
+                if key in d:
+                    out.writerow([*head, d["mode"], key, d[key]])
 
 
 def _short(source: str) -> str:
