@@ -162,3 +162,16 @@ def resolve_auto_classes(model_cfg, datamodule) -> None:
     labels = code_labels_strict(datamodule.files, datamodule.labels(), model_cfg.get("labels_csv"))
     with open_dict(model_cfg):
         model_cfg.classes = resolve_classes(labels, "auto", "model.classes")
+
+
+def check_condition(cls, guidance: float | None, classes: Sequence[str] | None, how: str) -> None:
+    """Raise a clear error for a class/guidance request a model with ``classes`` cannot serve (before sampling).
+
+    ``how``: what makes a model conditional, for the message (e.g. "train it with model.classes=auto").
+    """
+    if guidance is not None and not classes:
+        raise ValueError(f"guidance={guidance} needs a class-conditional checkpoint; {how}")
+    if guidance is not None and cls is None:
+        raise ValueError(f"guidance={guidance} needs a class: give class=<one of {list(classes)}>")
+    if cls is not None:
+        requested_classes(cls, 1 if isinstance(cls, (str, int)) else len(cls), classes)

@@ -24,7 +24,7 @@ import warnings
 import torch
 
 from rockgen.callbacks.preemption import check_preempted
-from rockgen.conditioning import latent_class_list, requested_classes
+from rockgen.conditioning import check_condition, latent_class_list, requested_classes
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule
 from rockgen.ema import ema_decay, ema_update_module_
@@ -125,14 +125,12 @@ class LitModel(RockgenModule):
         check_images(x, self.image_size, "encode_stochastic(x)")
         x = x.to(self.device, memory_format=self.memory_format)
         return ddim_invert(
-            self.decoder_fn(cond),
-            x,
-            self.schedule,
-            T or self.eval_conf.render_T,
-            clip_x0=self.diffusion_conf.clip_x0,
-            prediction=self.diffusion_conf.prediction,
-            progress=progress,
+            self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T, **self._solver_kw(progress)
         )
+
+    def _solver_kw(self, progress: bool) -> dict:
+        """What every image sampler of this model takes besides (model_fn, x, schedule, T)."""
+        return dict(clip_x0=self.diffusion_conf.clip_x0, prediction=self.diffusion_conf.prediction, progress=progress)
 
     def render(
         self,
@@ -159,16 +157,9 @@ class LitModel(RockgenModule):
         x = noise.to(self.device, memory_format=self.memory_format)
         grad_mode = torch.enable_grad() if grad else torch.no_grad()
         with grad_mode, seamless_padding(self.ema_model.decoder, enabled=seamless):
-            x0 = get_sampler(sampler)(
-                self.decoder_fn(cond),
-                x,
-                self.schedule,
-                T or self.eval_conf.render_T,
-                clip_x0=self.diffusion_conf.clip_x0,
-                prediction=self.diffusion_conf.prediction,
-                progress=progress,
-                **({"grad": True} if grad else {}),
-            )
+            solve = get_sampler(sampler)
+            kw = self._solver_kw(progress) | ({"grad": True} if grad else {})
+            x0 = solve(self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T, **kw)
         return ((x0.float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
@@ -255,15 +246,12 @@ class LitModel(RockgenModule):
 
     def check_condition(self, cls=None, guidance: float | None = None) -> None:
         """Raise a clear error for a class request this checkpoint cannot serve (before any sampling)."""
-        if guidance is not None and not self.classes:
-            raise ValueError(
-                f"guidance={guidance} needs a class-conditional checkpoint; this one's latent DDIM is unconditional "
-                "(train it with model.latent.classes=auto)"
-            )
-        if guidance is not None and cls is None:
-            raise ValueError(f"guidance={guidance} needs a class: give class=<one of {self.classes}>")
-        if cls is not None:
-            requested_classes(cls, 1 if isinstance(cls, (str, int)) else len(cls), self.classes)
+        check_condition(
+            cls,
+            guidance,
+            self.classes,
+            "this one's latent DDIM is unconditional (train it with model.latent.classes=auto)",
+        )
 
     @torch.no_grad()
     def sample_latents(

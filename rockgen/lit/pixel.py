@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from rockgen.conditioning import (
+    check_condition,
     class_index_of_codes,
     code_labels_strict,
     drop_labels,
@@ -133,15 +134,8 @@ class PixelDiffusion(RockgenModule):
 
     def check_condition(self, cls=None, guidance: float | None = None) -> None:
         """Raise a clear error for a class request this checkpoint cannot serve (before any sampling)."""
-        if guidance is not None and not self.classes:
-            raise ValueError(
-                f"guidance={guidance} needs a class-conditional checkpoint; this pixel model is unconditional "
-                "(train it with model.classes=auto)"
-            )
-        if guidance is not None and cls is None:
-            raise ValueError(f"guidance={guidance} needs a class: give class=<one of {self.classes}>")
-        if cls is not None:
-            requested_classes(cls, 1 if isinstance(cls, (str, int)) else len(cls), self.classes)
+        how = "this pixel model is unconditional (train it with model.classes=auto)"
+        check_condition(cls, guidance, self.classes, how)
 
     @torch.no_grad()
     def sample(
