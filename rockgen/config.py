@@ -60,6 +60,10 @@ class EvalConf:
     grid_images: int = 8  # originals vs reconstructions written as a PNG grid
     seed: int = 0  # noise for random x_T, fixed so curves are comparable across validations
     lpips: bool = True  # when the AlexNet backbone weights are present
+    # FID and KID of the random-x_T renders (at the largest T) vs the held-out tiles: torch-fidelity + the cached
+    # Inception weights needed (one warning otherwise); costs an Inception pass per tile, so off by default
+    kid: bool = False
+    kid_subset_size: int = 50  # capped by the number of held-out tiles
 
 
 def parse(cls: type[T], value: Any, name: str) -> T:

@@ -6,6 +6,8 @@ into a temporary TORCH_HOME under the file name torch-fidelity looks for, so the
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,27 @@ def test_compare_scores_fid_and_kid_with_inception_weights(inception_torch_home,
     rows = (run / "comparison.csv").read_text().splitlines()
     assert rows[0] == "method,source,image_size,row,metric,value"
     assert any(",kid," in r for r in rows) and any(",fid," in r for r in rows)
+
+
+@pytest.mark.slow
+def test_validation_logs_fid_and_kid_when_asked(inception_torch_home, tmp_path):
+    from conftest import TINY, compose_config
+
+    from rockgen.tasks.train import train
+
+    train(compose_config([*TINY, "model.evaluation.kid=true", "model.evaluation.kid_subset_size=3"], tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert np.isfinite(metrics["val/fid"]) and metrics["val/kid_std"] >= 0 and "val/kid" in metrics
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/fid", "val/kid", "val/kid_std"} <= set(header)  # the CSV logger (W&B gets the same dict)
+
+
+@pytest.mark.slow
+def test_validation_without_inception_weights_warns_and_trains(tmp_path):
+    from conftest import TINY, compose_config
+
+    from rockgen.tasks.train import train
+
+    with pytest.warns(UserWarning, match="FID/KID left out of validation"):
+        train(compose_config([*TINY, "model.evaluation.kid=true"], tmp_path))
+    assert "val/kid" not in json.loads((tmp_path / "metrics.json").read_text())

@@ -3,6 +3,8 @@
 For each T in ``evaluation.T``: *inferred* x_T = DDIM-inversion of x0 (how well x_T + z_sem reproduce the tile)
 and *random* x_T ~ N(0, I) (what z_sem alone keeps). PSNR/SSIM (and LPIPS where its backbone weights exist)
 via torchmetrics, synchronised across DDP ranks; the first batch is written as a PNG grid on rank 0.
+With ``evaluation.kid=true``: FID and KID (± std) of the random-x_T renders at the largest T (the inferred ones
+if random x_T is off) against the held-out tiles, when the Inception weights are on disk (a warning otherwise).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class ReconstructionEvaluator:
         self.conf = conf
         self.modes = [m for m, on in (("inferred", conf.inferred_xT), ("random", conf.random_xT)) if on]
         self.metrics: dict[str, torch.nn.Module] | None = None
+        self.distribution: dict[str, torch.nn.Module] | None = None  # FID/KID, built on first use
         self._grid: list[torch.Tensor] | None = None
 
     def start(self, module: pl.LightningModule) -> None:
@@ -36,9 +39,12 @@ class ReconstructionEvaluator:
                 for m in self.modes
                 for T in self.conf.T
             }
-        for metric in self.metrics.values():
+        if self.conf.kid and self.distribution is None:
+            self.distribution = _distribution_metrics(self.conf.kid_subset_size) or {}  # {}: warned once
+        for metric in [*self.metrics.values(), *(self.distribution or {}).values()]:
             metric.to(module.device)
             metric.reset()
+        self._seen = 0
         self._grid = None
 
     @torch.no_grad()
@@ -57,6 +63,10 @@ class ReconstructionEvaluator:
                 rec = ((ddim_sample(fn, x_T, module.schedule, T, **kw).float() + 1) / 2).clamp(0, 1)
                 self.metrics[f"{mode}_T{T}"].update(rec, target)
                 rows[mode] = rec
+        for metric in (self.distribution or {}).values():
+            metric.update(target, real=True)
+            metric.update(rows["random" if "random" in rows else self.modes[0]], real=False)
+        self._seen += x.shape[0]
         if batch_idx == 0 and module.global_rank == 0:
             n = self.conf.grid_images
             self._grid = [target[:n].cpu()] + [r[:n].cpu() for r in rows.values()]
@@ -70,6 +80,13 @@ class ReconstructionEvaluator:
             for key, value in metric.compute().items():
                 scores[f"val/{name}/{key}"] = float(value)
             metric.reset()
+        if self.distribution:
+            seen = int(module.all_gather(torch.tensor(self._seen, device=module.device)).sum())
+            if seen >= 2:
+                self.distribution["kid"].subset_size = min(self.conf.kid_subset_size, seen)
+                kid, kid_std = self.distribution["kid"].compute()
+                scores.update({"val/fid": float(self.distribution["fid"].compute()), "val/kid": float(kid)})
+                scores["val/kid_std"] = float(kid_std)
         headline = f"{self.modes[0]}_T{max(self.conf.T)}" if self.modes else None
         for key in ("psnr", "ssim", "lpips"):
             if headline and f"val/{headline}/{key}" in scores:
@@ -81,3 +98,24 @@ class ReconstructionEvaluator:
             save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
             self._grid = None
         return scores, path
+
+
+def _distribution_metrics(subset_size: int) -> dict[str, torch.nn.Module] | None:
+    """torchmetrics FID and KID sharing one offline Inception; None (and one warning) without its weights."""
+    import warnings
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    from rockgen.metrics import fid_unavailable_reason
+    from rockgen.metrics.fid import InceptionFeatures
+
+    reason = fid_unavailable_reason()
+    if reason:
+        warnings.warn(f"model.evaluation.kid=true: FID/KID left out of validation. {reason}", stacklevel=2)
+        return None
+    feature = InceptionFeatures()
+    return {
+        "fid": FrechetInceptionDistance(feature=feature),
+        "kid": KernelInceptionDistance(feature=feature, subset_size=subset_size),
+    }

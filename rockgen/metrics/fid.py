@@ -20,7 +20,7 @@ from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from rockgen.metrics.weights import MissingWeightsError, require_weights, weights_available
+from rockgen.metrics.weights import require_weights, weights_available
 
 # KID keeps every feature in a buffer: that is what we want here (a few hundred tiles)
 warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
@@ -84,6 +84,30 @@ class _Precomputed(nn.Module):
         return x
 
 
+class InceptionFeatures(nn.Module):
+    """torch-fidelity's InceptionV3 pool features (B, ``num_features``) of images (B, 3, H, W) in [0, 1].
+
+    Built offline from the cached weight file (ImportError / MissingWeightsError, naming what is missing, before
+    anything is constructed). The network takes uint8 images and resizes them to 299² itself.
+    """
+
+    def __init__(self, num_features: int = 2048) -> None:
+        super().__init__()
+        if not torch_fidelity_installed():
+            raise ImportError(fid_unavailable_reason())
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.num_features = num_features
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=[str(num_features)],
+            feature_extractor_weights_path=str(require_weights("inception")),
+        )
+
+    def forward(self, x):
+        return self.net((x.clamp(0, 1) * 255).round().to(torch.uint8))
+
+
 class DistributionScores:
     """FID and KID (mean ± std over subsets) of generated vs real images, features extracted once per image.
 
@@ -101,21 +125,8 @@ class DistributionScores:
     def __init__(
         self, *, feature: nn.Module | None = None, feature_dim: int = 2048, subset_size: int = 50, subsets: int = 100
     ) -> None:
-        if feature is None:
-            reason = fid_unavailable_reason()
-            if reason is not None:
-                raise ImportError(reason) if not torch_fidelity_installed() else MissingWeightsError("inception")
-            from torchmetrics.image.fid import NoTrainInceptionV3
-
-            feature = NoTrainInceptionV3(
-                name="inception-v3-compat",
-                features_list=[str(feature_dim)],
-                feature_extractor_weights_path=str(require_weights("inception")),
-            )
-            self._uint8 = True  # torch-fidelity's Inception expects uint8 images in 0..255
-        else:
-            feature_dim = int(getattr(feature, "num_features", feature_dim))
-            self._uint8 = False
+        feature = feature if feature is not None else InceptionFeatures(feature_dim)
+        feature_dim = int(getattr(feature, "num_features", feature_dim))
         self.feature, self.subset_size, self.subsets = feature.eval(), subset_size, subsets
         self.feature_dim = feature_dim
         self._real: list = []
@@ -126,9 +137,8 @@ class DistributionScores:
         """Add a batch (B, 3, H, W) of images in [0, 1]."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"DistributionScores.update expects (B, 3, H, W) images, got {tuple(images.shape)}")
-        x = images.clamp(0, 1)
-        x = (x * 255).round().to(torch.uint8) if self._uint8 else x.float()
-        feats = self.feature.to(images.device)(x).reshape(images.shape[0], -1).double().cpu()
+        feats = self.feature.to(images.device)(images.clamp(0, 1).float()).reshape(images.shape[0], -1)
+        feats = feats.double().cpu()
         (self._real if real else self._fake).append(feats)
 
     def compute(self, seed: int = 0) -> dict[str, float]:
