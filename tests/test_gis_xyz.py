@@ -271,4 +271,9 @@ def test_viewer_shows_the_tiles_in_headless_chromium(pyramid, tmp_path):
         centres[name] = np.argwhere(mask).mean(axis=0)  # (row, col)
     assert centres["red"][1] < centres["green"][1] and centres["red"][0] < centres["blue"][0]
     assert centres["yellow"][0] > centres["green"][0] and centres["yellow"][1] > centres["blue"][1]
+    # and pixel for pixel: the map area that is not background is the mosaic at 1:1
+    rows, cols = np.nonzero((np.abs(rgb - (0x1D, 0x26, 0x33)) > 3).any(axis=2)[80:-80, 80:-80])
+    top, left = rows.min() + 80, cols.min() + 80
+    assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (H, W)
+    assert np.abs(rgb[top : top + H, left : left + W] - pyramid["img"]).mean() < 1.0
     print(f"screenshot: {shot}")
