@@ -19,7 +19,7 @@ def _geo():
         import rasterio
         from rasterio.transform import from_origin
     except ImportError as e:  # pragma: no cover - depends on the installation
-        raise ImportError(f"output=geotiff needs the 'geo' extra: pip install 'rockgen[geo]' ({e})") from e
+        raise ImportError(f"output=geotiff/xyz need the 'geo' extra: pip install 'rockgen[geo]' ({e})") from e
     return morecantile, rasterio, from_origin
 
 

@@ -7,8 +7,9 @@
 drawn by the latent DDIM, or encoded from ``z_image``) or a smooth field (``z_sem=field``: codes drawn by the
 latent DDIM at anchors every ``anchor_every`` windows, bicubically interpolated to each window). After every
 step the canvas state goes to ``<run_dir>/mosaic.partial.pt``: rerun with the same ``run_name`` to resume.
-Writes ``<run_dir>/mosaic.png`` and ``mosaic.json`` (+ ``mosaic.tif``, a COG in EPSG:3857 with its top-left
-at XYZ tile ``x``, ``y`` of ``zoom``, with ``output=geotiff``).
+Writes ``<run_dir>/mosaic.png`` and ``mosaic.json``; ``output=geotiff`` adds ``mosaic.tif`` (a COG in EPSG:3857
+with its top-left at XYZ tile ``x``, ``y`` of ``zoom``), ``output=xyz`` the tile pyramid ``xyz/{z}/{x}/{y}.png``
+from ``zoom`` down to ``min_zoom`` with a Leaflet viewer ``xyz/index.html``; ``output=[geotiff,xyz]`` both.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ def check_zoom(zoom) -> int:
     if zoom is None or not 0 <= int(zoom) <= 30 or int(zoom) != zoom:
         raise ValueError(f"zoom must be an integer in 0..30 (XYZ levels), got {zoom}")
     return int(zoom)
+
+
+OUTPUTS = ("png", "geotiff", "xyz")  # png (mosaic.png) is always written; the others add GIS files
+
+
+def output_kinds(output) -> set[str]:
+    """``output`` (one of OUTPUTS or a list of them) as a set."""
+    kinds = [output] if isinstance(output, str) else list(output or [])
+    bad = [k for k in kinds if k not in OUTPUTS]
+    if bad or not kinds:
+        raise ValueError(f"output must be one of {'|'.join(OUTPUTS)} or a list of them, got {output!r}")
+    return set(kinds)
 
 
 def mosaic_size(cfg: DictConfig) -> tuple[int, int]:
@@ -82,17 +95,24 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.ckpt_path:
         raise ValueError("task=mosaic needs ckpt_path=<DiffAE checkpoint>")
     height, width = mosaic_size(cfg)
-    output = cfg.get("output", "png")
-    if output not in ("png", "geotiff"):
-        raise ValueError(f"output must be png or geotiff, got {output!r}")
-    if output == "geotiff":
+    kinds = output_kinds(cfg.get("output", "png"))
+    min_zoom = None
+    if kinds & {"geotiff", "xyz"}:
         from rockgen.gis import tile_origin
 
         tile_origin(check_zoom(cfg.zoom), int(cfg.x), int(cfg.y))  # bad zoom / tile fails before any work
+    if "xyz" in kinds:
+        from rockgen.xyz import check_min_zoom, check_placement
+
+        check_placement(height, width, int(cfg.zoom), int(cfg.x), int(cfg.y))
+        if cfg.get("min_zoom") is not None:
+            min_zoom = check_min_zoom(cfg.min_zoom, int(cfg.zoom))
     run_dir = Path(cfg.paths.run_dir)
     out = run_dir / "mosaic.png"
-    if out.exists() and not cfg.overwrite:
-        raise FileExistsError(f"{out} exists: choose another run_name or set overwrite=true")
+    gis_out = {"geotiff": run_dir / "mosaic.tif", "xyz": run_dir / "xyz"}
+    for path in [out] + [gis_out[k] for k in sorted(kinds - {"png"})]:
+        if path.exists() and not cfg.overwrite:
+            raise FileExistsError(f"{path} exists: choose another run_name or set overwrite=true")
     if cfg.window is not None:  # settings errors before the checkpoint is read
         window_origins(height, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
         window_origins(width, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
@@ -123,13 +143,22 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     )  # fmt: skip
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
     Image.fromarray(img).save(out)
-    if output == "geotiff":
+    info = {**meta, "windows": len(mosaic.origins), "grid": list(mosaic.grid), "file": str(out)}
+    zxy = (int(cfg.zoom), int(cfg.x), int(cfg.y))
+    if "geotiff" in kinds:
         from rockgen.gis import write_geotiff
 
-        info_tif = write_geotiff(run_dir / "mosaic.tif", img, int(cfg.zoom), int(cfg.x), int(cfg.y), cfg.overwrite)
-        print(f"Wrote the Cloud-Optimised GeoTIFF {info_tif} (EPSG:3857, tile {cfg.x},{cfg.y} at zoom {cfg.zoom})")
+        info["geotiff"] = str(write_geotiff(gis_out["geotiff"], img, *zxy, overwrite=cfg.overwrite))
+        print(
+            f"Wrote the Cloud-Optimised GeoTIFF {info['geotiff']} (EPSG:3857, tile {cfg.x},{cfg.y} at zoom {cfg.zoom})"
+        )
+    if "xyz" in kinds:
+        from rockgen.xyz import write_xyz
+
+        info["xyz"] = write_xyz(gis_out["xyz"], img, *zxy, min_zoom=min_zoom, overwrite=cfg.overwrite)
+        levels = f"zooms {info['xyz']['zoom']}..{info['xyz']['min_zoom']}"
+        print(f"Wrote the XYZ pyramid {gis_out['xyz']} ({levels}); open {gis_out['xyz'] / 'index.html'} to view it")
     (run_dir / "mosaic.partial.pt").unlink(missing_ok=True)
-    info = {**meta, "windows": len(mosaic.origins), "grid": list(mosaic.grid), "file": str(out)}
     (run_dir / "mosaic.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"Wrote a {width}x{height} mosaic ({len(mosaic.origins)} windows) to {out}", flush=True)
     return {"run_dir": run_dir, "mosaic": out, "image": img}
