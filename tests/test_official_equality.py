@@ -12,11 +12,11 @@ zero-initialised output layers do not make ε̂ ≡ 0), saves it the way the off
   issue asked for 1e-5): the official code's own float32 ε̂ is already 9.5e-06 away from the float64 value,
   and any reordering of the arithmetic moves it by about as much. Starting from a rockgen copy patched to the
   official arithmetic (bit-identical to it), one rockgen op at a time moves ε̂ at ffhq64 by: channels_last
-  2.2e-05 (its oneDNN convolutions and GroupNorm round 2x more than the NCHW kernels: rockgen's own float32
-  error grows to 2.0e-05), SDPA attention 1.1e-05, folded AdaGN 9.1e-06, sub-pixel upsampling 5.6e-06; the
-  last three leave rockgen as accurate as the official code. So the float32 ε̂ bound is 3e-05 (measured
-  2.2e-05 at ffhq64, 1.0e-05 small) and rockgen's float32 error must stay within 4x the official code's own;
-  z_sem stays at 1e-05, renders and samples at 1e-04. The differences are printed (``pytest -s``).
+  2.2e-05 (PyTorch's CPU channels_last convolution and GroupNorm kernels round more than the NCHW ones:
+  rockgen's own float32 error grows to 2.0e-05), SDPA attention 1.1e-05, folded AdaGN 9.1e-06, sub-pixel
+  upsampling 5.6e-06; the last three leave rockgen as accurate as the official code. So the float32 ε̂ bound
+  is 3e-05 (measured 2.2e-05 at ffhq64, 1.0e-05 small) and rockgen's float32 error must stay within 4x the
+  official code's own; z_sem stays at 1e-05, renders and samples at 1e-04. Figures print with ``pytest -s``.
 """
 
 from __future__ import annotations
