@@ -46,7 +46,7 @@ def read_official(path: str | Path, trusted: bool = False) -> dict[str, Any]:
                 "torch.load(weights_only=True) refuses: Lightning 1.4 checkpoints store callback states under "
                 "Python class keys. Unpickling can run arbitrary code; if you trust where the file comes from, "
                 "import it with trusted_checkpoint=true (Python: trusted=True)."
-            ) from err
+            ) from None  # torch's own long advice (add_safe_globals) does not apply to a foreign checkpoint
         raise OfficialImportError(f"cannot read official checkpoint {path}: {err}") from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise OfficialImportError(
