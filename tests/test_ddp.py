@@ -163,6 +163,7 @@ def test_train_sh_two_ranks_identical_weights_and_nothing_written_twice(tmp_path
     top = {f.split("/")[0] for f in files}
     assert top == {
         ".hydra",
+        ".rockgen.lock",  # the run-directory lock (flock; the file stays, the lock dies with the process)
         "checkpoints",
         "csv",
         "images",
