@@ -31,6 +31,10 @@ def test_run_directory_has_checkpoint_grid_and_metrics(trained):
     run_dir, out = trained
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert sorted(p.name for p in (run_dir / "images").glob("val_step*.png")) == ["val_step0000003.png"]
+    from PIL import Image
+
+    grid = Image.open(run_dir / "images" / "val_step0000003.png")
+    assert grid.height >= 3 * 96 and grid.width >= 2 * 96  # originals | inferred | random, 32-px tiles shown ×3
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 3
     for key in ("val/psnr", "val/ssim", "val/inferred_T2/psnr", "val/random_T2/ssim", "train/loss"):
@@ -154,3 +158,19 @@ def test_unknown_key_fails_with_hydra_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "max_stepz" in proc.stderr
+
+
+def test_validation_grid_spans_every_batch_not_the_first_files(tmp_path):
+    """The grid keeps evenly spaced tiles of all validation batches (a folder-per-class set is sorted by class)."""
+    from types import SimpleNamespace
+
+    from rockgen.config import EvalConf
+    from rockgen.lit.recon_eval import ReconstructionEvaluator
+
+    ev = ReconstructionEvaluator(EvalConf(grid_images=4))
+    module = SimpleNamespace(trainer=SimpleNamespace(num_val_batches=[4]))
+    for b in range(4):  # 4 batches of 8 tiles whose value is their index in the validation set
+        x = torch.arange(8 * b, 8 * b + 8, dtype=torch.float32)[:, None, None, None].expand(8, 3, 2, 2)
+        ev._keep_for_grid(module, [x, x], b)
+    firsts = ev._grid[0][:, 0, 0, 0].tolist()
+    assert len(firsts) == 4 and firsts[0] == 0 and firsts[-1] >= 24  # one from each batch, first to last

@@ -2,7 +2,8 @@
 
 For each T in ``evaluation.T``: *inferred* x_T = DDIM-inversion of x0 (how well x_T + z_sem reproduce the tile)
 and *random* x_T ~ N(0, I) (what z_sem alone keeps). PSNR/SSIM (and LPIPS where its backbone weights exist)
-via torchmetrics, synchronised across DDP ranks; the first batch is written as a PNG grid on rank 0.
+via torchmetrics, synchronised across DDP ranks; rank 0 writes a PNG grid (originals | reconstructions) of
+``grid_images`` tiles spread over all validation batches, upscaled to ≥ 96 px.
 With ``evaluation.kid=true``: FID and KID (± std) of the random-x_T renders at the largest T (the inferred ones
 if random x_T is off) against the held-out tiles, when the Inception weights are on disk (a warning otherwise).
 """
@@ -17,7 +18,7 @@ import torch
 from rockgen.config import EvalConf
 from rockgen.lit.common import run_dir_of
 from rockgen.samplers import ddim_invert, ddim_sample
-from rockgen.visual import save_grid
+from rockgen.visual import save_grid, upscale_to
 
 
 class ReconstructionEvaluator:
@@ -67,9 +68,20 @@ class ReconstructionEvaluator:
             metric.update(target, real=True)
             metric.update(rows["random" if "random" in rows else self.modes[0]], real=False)
         self._seen += x.shape[0]
-        if batch_idx == 0 and module.global_rank == 0:
-            n = self.conf.grid_images
-            self._grid = [target[:n].cpu()] + [r[:n].cpu() for r in rows.values()]
+        if module.global_rank == 0:
+            self._keep_for_grid(module, [target, *rows.values()], batch_idx)
+
+    def _keep_for_grid(self, module, columns: list[torch.Tensor], batch_idx: int) -> None:
+        """Keep evenly spaced tiles of every validation batch, so the grid spans the held-out set (all classes
+        of a folder-per-class data set, which is sorted by path), not only its first files."""
+        n = self.conf.grid_images
+        batches = _num_val_batches(module)
+        per_batch = max(1, -(-n // batches))
+        idx = torch.linspace(0, columns[0].shape[0] - 1, min(per_batch, columns[0].shape[0])).round().long()
+        picked = [c[idx.to(c.device)].cpu() for c in columns]
+        self._grid = (
+            picked if self._grid is None else [torch.cat([g, p]) for g, p in zip(self._grid, picked, strict=True)]
+        )
 
     def finish(self, module: pl.LightningModule) -> tuple[dict[str, float], Path | None]:
         """Compute (synchronised) scores and write the grid; returns ({"val/<mode>_T<T>/<metric>": v}, png)."""
@@ -93,7 +105,9 @@ class ReconstructionEvaluator:
                 scores[f"val/{key}"] = scores[f"val/{headline}/{key}"]
         path = None
         if self._grid is not None:
-            rows = self._grid
+            n = self.conf.grid_images
+            keep = torch.linspace(0, self._grid[0].shape[0] - 1, min(n, self._grid[0].shape[0])).round().long()
+            rows = [upscale_to(r[keep], 96) for r in self._grid]  # 32-px tiles drawn large enough to judge
             path = run_dir_of(module) / "images" / f"val_step{module.global_step:07d}.png"
             save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
             self._grid = None
@@ -119,3 +133,10 @@ def _distribution_metrics(subset_size: int) -> dict[str, torch.nn.Module] | None
         "fid": FrechetInceptionDistance(feature=feature),
         "kid": KernelInceptionDistance(feature=feature, subset_size=subset_size),
     }
+
+
+def _num_val_batches(module: pl.LightningModule) -> int:
+    """Validation batches of this epoch (Lightning counts per dataloader; 1 when unknown)."""
+    counts = getattr(module.trainer, "num_val_batches", None) or [1]
+    total = sum(int(c) for c in counts if c not in (None, float("inf")))
+    return max(1, total)
