@@ -4,8 +4,9 @@ Every model action is queued in one gradio concurrency group of size 1 (``concur
 a worker thread, so the page stays responsive; the service's JobRunner is the second guard (one job at a time
 even outside gradio) and makes jobs cancellable: the Cancel buttons run in their own group, never behind a job.
 Each action's HTTP API name is its tab's verb (``/sample``, ``/reconstruct``, ``/interpolate``, ``/manipulate``,
-``/cancel``, ``/jobs``), usable from ``gradio_client``. Results are also written as PNG (tiles upscaled to
-``display_size`` with Lanczos) into the run directory and offered for download.
+``/inpaint``, ``/mosaic``, ``/cancel``, ``/jobs``), usable from ``gradio_client``. Results are also written as PNG
+(tiles upscaled to ``display_size`` with Lanczos; inpainted images and mosaics at native resolution) into the
+run directory and offered for download.
 
 gradio's bundled frontend brings its own JS, CSS and fonts (``/assets``, ``/static/fonts``): the page fetches
 nothing from a CDN (checked by the Chromium test, which records every request the page makes).
@@ -23,9 +24,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from rockgen.explore.canvas import MASK_PRESETS
 from rockgen.explore.jobs import JobCancelled
 from rockgen.explore.service import ExploreService
+from rockgen.inpaint import comparison_image
 from rockgen.tasks.common import upscale_lanczos
 from rockgen.visual import save_grid, to_uint8
 
@@ -59,6 +63,20 @@ class Outputs:
         with self._lock:
             n = next(self._n)
         return str(save_grid(self.view(images01), self.run_dir / action / f"{n:04d}.png", nrow=nrow))
+
+    def save_array(self, action: str, image: np.ndarray, suffix: str = "") -> str:
+        """Write the uint8 (H, W, 3) ``image`` as ``run_dir/<action>/<n><suffix>.png``; returns its path."""
+        with self._lock:
+            n = next(self._n)
+        path = self.run_dir / action / f"{n:04d}{suffix}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        return str(path)
+
+    def enlarge(self, image: np.ndarray, tile: int, limit: int = 1024) -> np.ndarray:
+        """uint8 (H, W, 3) enlarged by the tiles' display factor (nearest: pixels stay sharp), longer side <= limit."""
+        factor = max(1, min(self.display_size // tile, limit // max(image.shape[:2])))
+        return image.repeat(factor, 0).repeat(factor, 1) if factor > 1 else image
 
 
 def _as_ui_error(fn: Callable) -> Callable:
@@ -286,6 +304,106 @@ def build_app(
                 **MODEL,
             )
             man_stop.click(service.cancel, None, man_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Inpaint"):
+            with gr.Row():
+                inp_in = gr.Image(
+                    type="filepath", label="image (a tile or larger)", format="png", sources=["upload", "clipboard"]
+                )
+                inp_mask = gr.Image(
+                    type="filepath",
+                    label="mask (optional; white = fill, same size)",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                )
+                with gr.Column():
+                    _picker(service, tiles, inp_in, "…or pick a tile")
+                    preset = gr.Radio(list(MASK_PRESETS), value=MASK_PRESETS[0], label="mask without an upload")
+                    hole = gr.Slider(0.05, 0.95, value=0.4, step=0.05, label="hole size (fraction of the side)")
+                    inp_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    with gr.Row():
+                        inp_seed = gr.Number(0, precision=0, label="seed")
+                        resample = gr.Slider(1, 10, value=1, step=1, label="resample (RePaint jumps per step)")
+                    with gr.Row():
+                        inp_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
+                        inp_stop = gr.Button("Cancel")
+            inp_view = gr.Image(label="input, hole in magenta | result", format="png", interactive=False)
+            inp_info = gr.Markdown()
+            inp_png = gr.File(label="inpainted PNG (native resolution)")
+
+            @_as_ui_error
+            def inpaint(path, mask_path, preset, size, T, seed, resample, progress=gr.Progress()):  # noqa: B008
+                """Fill the masked pixels of an image; z_sem from its real pixels (as task=inpaint)."""
+                x01, mask, result01, text = service.inpaint(
+                    path, mask_path, preset, float(size), int(T), int(seed), int(resample), _progress(progress)
+                )
+                result = to_uint8(result01)[0]
+                comp = comparison_image(to_uint8(x01)[0], mask, result)
+                view = out.enlarge(comp, service.image_size)
+                out.save_array("inpaint", view, "_comparison")
+                return view, text, out.save_array("inpaint", result)
+
+            inp_go.click(
+                inpaint,
+                [inp_in, inp_mask, preset, hole, inp_T, inp_seed, resample],
+                [inp_view, inp_info, inp_png],
+                api_name="inpaint",
+                **MODEL,
+            )
+            inp_stop.click(service.cancel, None, inp_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Mosaic"):
+            S = service.image_size
+            if not feat.can_sample:
+                gr.Markdown(
+                    "**z_sem=field and a shared z_sem without a tile are off: this checkpoint has no trained latent "
+                    "DDIM (stage 2). z_sem=shared from a tile works.**",
+                    elem_id="mosaic-field-disabled",
+                )
+            with gr.Row():
+                mos_in = gr.Image(
+                    type="filepath", label="tile for the shared z_sem", format="png", sources=["upload", "clipboard"]
+                )
+                with gr.Column():
+                    _picker(service, tiles, mos_in, "…or pick a tile")
+                    with gr.Row():
+                        mos_w = gr.Number(3 * S, precision=0, label="width (px)")
+                        mos_h = gr.Number(3 * S, precision=0, label="height (px)")
+                        mos_seed = gr.Number(0, precision=0, label="seed")
+                    z_sem = gr.Radio(
+                        ["shared", "field"],
+                        value="shared",
+                        label="z_sem: one code (the tile's, or a latent draw) | a smooth field of latent draws",
+                    )
+                    mos_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    mos_lT = gr.Slider(1, 200, value=T_latent, step=1, label="latent steps (latent draws)")
+                    mos_batch = gr.Slider(1, 64, value=service.batch_size, step=1, label="windows per forward pass")
+                    gr.Markdown(f"At most {service.max_mosaic_pixels} px (`max_mosaic_pixels`); windows of {S} px.")
+                    with gr.Row():
+                        mos_go = gr.Button("Mosaic", variant="primary", elem_id="mosaic-button")
+                        mos_stop = gr.Button("Cancel")
+            mos_view = gr.Image(label="mosaic", format="png", interactive=False)
+            mos_info = gr.Markdown()
+            mos_png = gr.File(label="mosaic PNG (native resolution)")
+
+            @_as_ui_error
+            def mosaic(width, height, seed, T, z_sem, path, T_latent, batch, progress=gr.Progress()):  # noqa: B008
+                """One large image by MultiDiffusion windows (as task=mosaic)."""
+                image01, text = service.mosaic(
+                    int(width), int(height), int(seed), int(T), z_sem, path, int(T_latent), int(batch),
+                    _progress(progress),
+                )  # fmt: skip
+                image = to_uint8(image01)[0]
+                return out.enlarge(image, service.image_size), text, out.save_array("mosaic", image)
+
+            mos_go.click(
+                mosaic,
+                [mos_w, mos_h, mos_seed, mos_T, z_sem, mos_in, mos_lT, mos_batch],
+                [mos_view, mos_info, mos_png],
+                api_name="mosaic",
+                **MODEL,
+            )
+            mos_stop.click(service.cancel, None, mos_info, api_visibility="private", **CONTROL)
 
         def jobs() -> str:
             """The finished jobs (id, name, status, start/end in monotonic seconds) as JSON."""
