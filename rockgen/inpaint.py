@@ -146,8 +146,8 @@ def inpaint_image(
     )  # fmt: skip
 
 
-def comparison_image(image01: np.ndarray, mask: torch.Tensor, result: np.ndarray) -> np.ndarray:
+def comparison_image(image: np.ndarray, mask: torch.Tensor, result: np.ndarray) -> np.ndarray:
     """uint8 (H, 2W + 4, 3): the input (H, W, 3) uint8 with the hole in magenta | a white gap | the result."""
-    shown = image01.copy()
+    shown = image.copy()
     shown[mask[0, 0].cpu().numpy()] = (255, 0, 255)
     return np.concatenate([shown, np.full((shown.shape[0], 4, 3), 255, np.uint8), result], axis=1)
