@@ -291,3 +291,24 @@ def test_mosaic_without_latent_stage_or_with_bad_sizes_says_why(service, tiles):
         service.mosaic(16, 64, 0, 2, "shared", tiles["layered"][0])
     with pytest.raises(ValueError, match="z_sem: shared or field"):
         service.mosaic(64, 64, 0, 2, "grid", tiles["layered"][0])
+
+
+def test_a_long_mosaic_is_cancelled_at_its_next_window_pass(service, tiles):
+    errors: list[BaseException] = []
+    seen: list[float] = []
+
+    def target():
+        try:
+            service.mosaic(64, 64, 0, 500, "shared", tiles["layered"][0], progress=lambda f, d: seen.append(f))
+        except JobCancelled as err:
+            errors.append(err)
+
+    t = threading.Thread(target=target)
+    t.start()
+    while len(seen) < 3:  # started, and the encoder + a first decoder pass counted
+        time.sleep(0.005)
+    assert service.cancel() == "cancelling mosaic …"
+    t.join(30)
+    assert not t.is_alive() and len(errors) == 1
+    assert service.jobs.history[-1]["status"] == "cancelled" and service.jobs.history[-1]["calls"] < 500
+    assert 0 < seen[-1] < 1  # progress counted in network calls, never 100 % for a cancelled job
