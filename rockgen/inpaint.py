@@ -7,15 +7,21 @@ adds RePaint's back-and-forth: after a step, go back to t with fresh noise (q(x_
 which harmonises the two regions further at the cost of ``resample`` network calls per step. The last step
 writes the known pixels exactly.
 
-Works on a tile (model_fn = the decoder) or on any canvas through ``rockgen.mosaic.MosaicModel``.
+Works on a tile (model_fn = the decoder) or on any canvas through ``rockgen.mosaic.MosaicModel``;
+:func:`inpaint_image` does either with a DiffAE (``task=inpaint`` and the explorer's Inpaint tab).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
+from rockgen.mosaic import MosaicModel, window_origins
 from rockgen.samplers.ddim import ModelFn, _abar_at, _predict, ddim_step, ddim_timesteps
 
 
@@ -33,6 +39,19 @@ def check_mask(mask: torch.Tensor, image: torch.Tensor, mask_name: str = "mask",
         raise ValueError(
             f"{mask_name} marks every pixel to fill (all unknown): nothing to condition on (use task=generate)"
         )
+
+
+def load_mask(path: str | Path) -> torch.Tensor:
+    """(1, 1, H, W) bool, True where the mask image is nonzero in any channel."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"mask not found: {path}")
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"))
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"mask {path.name}: not a readable image ({err})") from None
+    return torch.from_numpy(arr > 0)[None, None]
 
 
 def fill_for_encoding(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -84,3 +103,51 @@ def inpaint_sample(
             else:
                 x = x_s
     return x
+
+
+@torch.no_grad()
+def inpaint_image(
+    model,
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    T: int,
+    *,
+    resample: int = 1,
+    seed: int = 0,
+    overlap: int = 8,
+    window_batch: int = 16,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Fill ``mask`` (1, 1, H, W) of ``image`` (1, 3, H, W) in [-1, 1] with a DiffAE → (1, 3, H, W) on its device.
+
+    z_sem comes from the real pixels (holes filled by :func:`fill_for_encoding`); an S×S image is one tile,
+    a larger one a MultiDiffusion canvas whose windows each encode their own crop.
+    """
+    check_mask(mask, image)
+    s = model.image_size
+    h, w = image.shape[-2:]
+    window_origins(h, s, int(overlap))  # the image must hold at least one tile
+    window_origins(w, s, int(overlap))
+    filled = fill_for_encoding(image, mask)
+    if (h, w) == (s, s):
+        fn = model.decoder_fn(model.encode(filled).cpu())
+    else:
+        dec, codes = model.ema_model.decoder, []
+        fn = MosaicModel(lambda x, t, idx: dec(x, t, cond=torch.cat(codes)[idx.cpu()].to(x.device)), h, w, s,
+                         int(overlap), int(window_batch))  # fmt: skip
+        crops = [filled[:, :, r : r + s, c : c + s] for r, c in fn.origins]
+        bs = int(window_batch)
+        codes.extend(model.encode(torch.cat(crops[i : i + bs])).cpu() for i in range(0, len(crops), bs))
+    gen = torch.Generator().manual_seed(int(seed))
+    d = model.diffusion_conf
+    return inpaint_sample(
+        fn, image.to(model.device), mask.to(model.device), model.schedule, int(T), resample=int(resample),
+        clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress,
+    )  # fmt: skip
+
+
+def comparison_image(image: np.ndarray, mask: torch.Tensor, result: np.ndarray) -> np.ndarray:
+    """uint8 (H, 2W + 4, 3): the input (H, W, 3) uint8 with the hole in magenta | a white gap | the result."""
+    shown = image.copy()
+    shown[mask[0, 0].cpu().numpy()] = (255, 0, 255)
+    return np.concatenate([shown, np.full((shown.shape[0], 4, 3), 255, np.uint8), result], axis=1)

@@ -9,6 +9,8 @@ taper to a small floor over the overlap (a raised cosine), so no window edge sho
 
 Memory: network activations exist only for ``window_batch`` windows at a time; the canvas state and the
 fused output are (1, C, H, W) float32 each (an 8192² RGB canvas: 0.8 GB per tensor).
+
+:func:`diffae_mosaic` drives it with a DiffAE (``task=mosaic`` and the explorer's Mosaic tab).
 """
 
 from __future__ import annotations
@@ -187,3 +189,88 @@ def sample_mosaic(
         if path is not None:
             _save_state(path, {"x": x.cpu(), "next": i - 1, "meta": meta or {}})
     return x
+
+
+Z_SEM_MODES = ("shared", "field")
+
+
+def window_codes(
+    model,
+    mosaic: MosaicModel,
+    z_sem: str,
+    generator: torch.Generator | None,
+    *,
+    z_tile: torch.Tensor | None = None,
+    T_latent: int = 20,
+    anchor_every: int = 4,
+    source: str = "this checkpoint",
+) -> torch.Tensor:
+    """z_sem per window (N, D) on the CPU for ``z_sem``: shared (one code) | field (anchors, :func:`field_codes`).
+
+    shared: the code of ``z_tile`` (1, 3, S, S) in [-1, 1] if given, else one drawn by the latent DDIM; field:
+    latent-DDIM codes at anchors every ``anchor_every`` windows. ``source`` names the model in errors.
+    """
+    n = len(mosaic.origins)
+    if z_sem not in Z_SEM_MODES:
+        raise ValueError(f"z_sem must be shared or field, got {z_sem!r}")
+    if z_sem == "shared" and z_tile is not None:
+        return model.encode(z_tile).cpu().expand(n, -1)
+    if not getattr(model, "has_latent", False) or not bool(getattr(model, "latent_ready", False)):
+        hint = " or encode z_sem from a tile with z_sem=shared" if z_sem == "shared" else ""
+        raise ValueError(
+            f"{source} has no trained latent stage, which z_sem={z_sem} samples codes from: train it "
+            f"with template=<res>_latent (e.g. demo_latent, scripts/pipeline.sh) and use that checkpoint{hint}"
+        )
+    if z_sem == "shared":
+        return model.sample_latents(1, "cpu", T_latent, generator=generator).cpu().expand(n, -1)
+    gy, gx = mosaic.grid
+    every = max(1, int(anchor_every))
+    ay, ax = max(2, math.ceil((gy - 1) / every) + 1), max(2, math.ceil((gx - 1) / every) + 1)
+    anchors = model.sample_latents(ay * ax, "cpu", T_latent, generator=generator).cpu()
+    return field_codes(anchors, (ay, ax), mosaic.centres())
+
+
+@torch.no_grad()
+def diffae_mosaic(
+    model,
+    height: int,
+    width: int,
+    T: int,
+    *,
+    seed: int = 0,
+    z_sem: str = "shared",
+    z_tile: torch.Tensor | None = None,
+    T_latent: int = 20,
+    anchor_every: int = 4,
+    window: int | None = None,
+    overlap: int | None = None,
+    window_batch: int = 16,
+    state_path: str | Path | None = None,
+    meta: dict | None = None,
+    progress: bool = True,
+    source: str = "this checkpoint",
+) -> tuple[torch.Tensor, MosaicModel]:
+    """A (1, 3, height, width) mosaic in [-1, 1] from a DiffAE's EMA decoder, and its window layout.
+
+    ``seed`` draws the codes (:func:`window_codes`) and then x_T; window = the model's tile, overlap = window/4
+    by default; ``state_path``/``meta``: resumable, as :func:`sample_mosaic`.
+    """
+    window = int(window or model.image_size)
+    overlap = int(overlap if overlap is not None else window // 4)
+    dec = model.ema_model.decoder
+    codes: torch.Tensor | None = None
+
+    def window_fn(x, t, idx):
+        return dec(x, t, cond=codes[idx.cpu()].to(x.device))
+
+    mosaic = MosaicModel(window_fn, height, width, window, overlap, int(window_batch))
+    gen = torch.Generator().manual_seed(int(seed))
+    codes = window_codes(model, mosaic, z_sem, gen, z_tile=z_tile, T_latent=T_latent, anchor_every=anchor_every,
+                         source=source)  # fmt: skip
+    x_T = torch.randn(1, 3, height, width, generator=gen)
+    d = model.diffusion_conf
+    x0 = sample_mosaic(
+        mosaic, x_T.to(model.device), model.schedule, int(T), clip_x0=d.clip_x0, prediction=d.prediction,
+        state_path=state_path, meta=meta, progress=progress,
+    )  # fmt: skip
+    return x0, mosaic

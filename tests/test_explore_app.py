@@ -206,6 +206,63 @@ def test_manipulate_alpha_zero_is_the_reconstruction(server, pipeline):
     assert _close(images[1], rec[1])  # α = 0 renders the tile's own inverted x_T with its own z_sem
 
 
+def test_inpaint_keeps_the_known_pixels_and_is_deterministic(server, pipeline, model, tmp_path):
+    from rockgen.explore.canvas import load_canvas, preset_mask
+    from rockgen.inpaint import inpaint_image
+
+    tile = pipeline["tiles"][0]
+    args = (handle_file(str(tile)), None, "centre square", 0.5, 2, 3, 1)
+    view, info, png = server.client.predict(*args, api_name="/inpaint")
+    original = np.asarray(Image.open(tile).convert("RGB"))
+    result = _png(png)
+    h, w = original.shape[:2]
+    mask = preset_mask("centre square", h, w, 0.5)[0, 0].numpy()
+    assert result.shape == original.shape and "px filled" in info and "DDIM-2" in info
+    assert np.array_equal(result[~mask], original[~mask])  # the real pixels come back exactly
+    x = load_canvas(tile, model.image_size, 10**6)
+    ref = inpaint_image(model, x, torch.from_numpy(mask)[None, None], 2, seed=3, overlap=model.image_size // 4)
+    assert _close(result, _u8(ref))  # the task's code (rockgen.inpaint.inpaint_image) in this process
+    shown = _png(view)  # input with the hole in magenta | result, enlarged by the display factor
+    k = DISPLAY // model.image_size
+    assert shown.shape == (h * k, (2 * w + 4) * k, 3)
+    assert (shown[: h * k, : w * k][np.kron(mask, np.ones((k, k), bool))] == (255, 0, 255)).all()
+    assert np.array_equal(_png(server.client.predict(*args, api_name="/inpaint")[2]), result)
+    # an uploaded mask of another size, and a file that is not an image: clear messages
+    Image.fromarray(np.full((h + 3, w, 3), 255, np.uint8)).save(tmp_path / "big_mask.png")
+    with pytest.raises(AppError, match=r"(?s)mask big_mask\.png is .* they must be the same size"):
+        server.client.predict(handle_file(str(tile)), handle_file(str(tmp_path / "big_mask.png")), "centre square",
+                              0.5, 2, 0, 1, api_name="/inpaint")  # fmt: skip
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(AppError, match=r"(?s)notes\.txt"):
+        server.client.predict(handle_file(str(tmp_path / "notes.txt")), None, "left strip", 0.5, 2, 0, 1,
+                              api_name="/inpaint")  # fmt: skip
+
+
+def _u8(x: torch.Tensor) -> np.ndarray:
+    from rockgen.visual import to_uint8
+
+    return to_uint8(((x + 1) / 2).clamp(0, 1))[0]
+
+
+def test_mosaic_from_a_tile_or_a_field_of_latent_draws(server, pipeline, model):
+    from rockgen.latent_ops import load_image_tensor
+    from rockgen.mosaic import diffae_mosaic
+
+    tile = pipeline["tiles"][0]
+    args = (56, 40, 5, 2, "shared", handle_file(str(tile)), 2, 4)
+    view, info, png = server.client.predict(*args, api_name="/mosaic")
+    image = _png(png)
+    assert image.shape == (40, 56, 3) and image.std() > 1 and "56×40 px, 2×2 windows" in info
+    z_tile = load_image_tensor(tile, model.image_size)
+    ref = diffae_mosaic(model, 40, 56, 2, seed=5, z_tile=z_tile, window_batch=4, progress=False)[0]
+    assert _close(image, _u8(ref))
+    k = DISPLAY // model.image_size
+    assert _png(view).shape == (40 * k, 56 * k, 3)
+    assert np.array_equal(_png(server.client.predict(*args, api_name="/mosaic")[2]), image)
+    _, info, png = server.client.predict(48, 48, 5, 2, "field", None, 2, 16, api_name="/mosaic")
+    assert _png(png).shape == (48, 48, 3) and "z_sem field from latent-DDIM draws" in info
+
+
 # ---------------------------------------------------------------------------------------------- bad input, concurrency
 def test_bad_uploads_get_clear_messages_and_odd_sizes_are_fitted(server, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
@@ -270,6 +327,13 @@ def test_autoencoder_checkpoint_disables_sampling_with_a_message(pipeline, tmp_p
         assert len(gallery) == 3 and "PSNR" in info  # the other tabs work
         with pytest.raises(AppError, match="latents_path"):
             srv.client.predict(handle_file(str(pipeline["tiles"][0])), "layered", 0.3, 2, api_name="/manipulate")
+        with pytest.raises(AppError, match="z_sem=field is off: this checkpoint has no trained latent DDIM"):
+            srv.client.predict(64, 64, 0, 2, "field", None, 2, 16, api_name="/mosaic")
+        _, info, png = srv.client.predict(
+            40, 40, 0, 2, "shared", handle_file(str(pipeline["tiles"][0])), 2, 16, api_name="/mosaic"
+        )
+        assert _png(png).shape == (40, 40, 3) and "z_sem shared from the tile" in info  # works without stage 2
+        assert any(c.get("props", {}).get("elem_id") == "mosaic-field-disabled" for c in config["components"])
     finally:
         assert srv.stop() == 0
 
@@ -313,7 +377,8 @@ def test_page_renders_its_controls_in_headless_chromium_from_local_assets_only(s
         capture_output=True,
         text=True,
     ).stdout
-    for control in ("Sample", "Encode &amp; reconstruct", "Interpolate", "Manipulate", 'id="sample-button"'):
+    tabs = ("Sample", "Encode &amp; reconstruct", "Interpolate", "Manipulate", "Inpaint", "Mosaic")
+    for control in (*tabs, 'id="sample-button"'):
         assert control in dom, f"{control!r} missing from the rendered page"
     with Image.open(shot) as im:
         pixels = np.asarray(im.convert("L"), dtype=float)

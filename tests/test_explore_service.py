@@ -12,10 +12,13 @@ from latent_models import demo_tiles, random_diffae
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 
+from rockgen.explore.canvas import load_canvas, preset_mask
 from rockgen.explore.jobs import JobCancelled, JobRunner
 from rockgen.explore.service import ExploreService, detect_features, psnr
+from rockgen.inpaint import inpaint_image
 from rockgen.latent_ops import interpolate, load_image_tensor, manipulate
 from rockgen.latents import Latents, latent_stats
+from rockgen.mosaic import diffae_mosaic
 
 T = 3
 
@@ -199,3 +202,113 @@ def test_features_follow_the_sample_signature():
     assert "latents_path" in cond.manipulate_message and not cond.can_manipulate
     plain = detect_features(Plain(), None, None)
     assert plain.can_sample and plain.classes is None and not plain.guidance and plain.samplers == ["ddim"]
+
+
+# ---------------------------------------------------------------------------------------------- inpaint, mosaic
+def test_preset_masks_cover_what_they_say():
+    centre = preset_mask("centre square", 40, 60, 0.5)[0, 0]
+    rows, cols = centre.any(1).nonzero().ravel(), centre.any(0).nonzero().ravel()
+    assert int(centre.sum()) == 20 * 20 and (int(rows[0]), int(cols[0])) == (10, 20)  # centred 20² square
+    left = preset_mask("left strip", 40, 60, 0.25)[0, 0]
+    assert left[:, :15].all() and not left[:, 15:].any()
+    holes = preset_mask("random holes", 64, 64, 0.4, seed=3)
+    assert torch.equal(holes, preset_mask("random holes", 64, 64, 0.4, seed=3))
+    assert not torch.equal(holes, preset_mask("random holes", 64, 64, 0.4, seed=4))
+    assert 0.2 <= holes.float().mean() <= 0.3  # about size / 2 of the pixels
+    with pytest.raises(ValueError, match="mask preset: one of"):
+        preset_mask("circle", 8, 8, 0.5)
+
+
+def test_inpaint_keeps_known_pixels_and_is_the_task_code(service, model, tiles, tmp_path):
+    path = tiles["granite"][0]  # 48×48: a canvas of 2×2 windows of 32 px
+    x01, mask, out, info = service.inpaint(path, preset="centre square", size=0.5, T=2, seed=1)
+    assert x01.shape == out.shape == (1, 3, 48, 48) and mask.shape == (1, 1, 48, 48)
+    assert 0 <= float(out.min()) and float(out.max()) <= 1 and "48×48 px (4 windows)" in info
+    known = ~mask.expand_as(out)
+    torch.testing.assert_close(out[known], x01[known], atol=1e-6, rtol=0)  # the real pixels, exactly
+    assert (out[~known] - x01[~known]).abs().mean() > 1e-3  # the hole is generated, not copied
+    x = load_canvas(path, 32, 10**6)
+    ref = inpaint_image(model, x, mask, 2, seed=1, overlap=8, window_batch=16)
+    torch.testing.assert_close(out, ((ref + 1) / 2).clamp(0, 1), atol=0, rtol=0)
+    again = service.inpaint(path, preset="centre square", size=0.5, T=2, seed=1)[2]
+    other = service.inpaint(path, preset="centre square", size=0.5, T=2, seed=2)[2]
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    # one tile with an uploaded mask (white = fill)
+    Image.fromarray(np.asarray(Image.open(path))[:32, :32]).save(tmp_path / "tile.png")
+    hole = np.zeros((32, 32), np.uint8)
+    hole[4:12, 20:30] = 255
+    Image.fromarray(hole).save(tmp_path / "hole.png")
+    x01, mask, out, info = service.inpaint(tmp_path / "tile.png", tmp_path / "hole.png", T=2)
+    assert out.shape == (1, 3, 32, 32) and int(mask.sum()) == 80 and "mask hole.png: 80 px filled" in info
+    assert torch.equal(out[~mask.expand_as(out)], x01[~mask.expand_as(out)])
+
+
+def test_inpaint_bad_inputs_are_clear_errors(service, tiles, tmp_path):
+    path = tiles["granite"][0]
+    Image.fromarray(np.zeros((40, 48), np.uint8)).save(tmp_path / "mask40.png")
+    with pytest.raises(ValueError, match=r"mask mask40.png is 48x40 px but image granite_0000.png is 48x48 px"):
+        service.inpaint(path, tmp_path / "mask40.png", T=2)
+    (tmp_path / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match=r"image: not a readable image \(notes.txt\)"):
+        service.inpaint(tmp_path / "notes.txt", T=2)
+    with pytest.raises(ValueError, match=r"mask notes.txt: not a readable image"):
+        service.inpaint(path, tmp_path / "notes.txt", T=2)
+    Image.fromarray(np.zeros((20, 40, 3), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(ValueError, match="40×20 px, smaller than the model's 32×32 tile"):
+        service.inpaint(tmp_path / "small.png", T=2)
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(tmp_path / "blank.png")
+    with pytest.raises(ValueError, match="marks no pixel to fill"):
+        service.inpaint(path, tmp_path / "blank.png", T=2)
+    small = ExploreService(service.model, max_mosaic_pixels=1024)
+    try:
+        with pytest.raises(ValueError, match="48×48 = 2304 px, more than max_mosaic_pixels=1024"):
+            small.inpaint(path, T=2)
+        with pytest.raises(ValueError, match="64×32 = 2048 px is more than max_mosaic_pixels=1024"):
+            small.mosaic(64, 32, 0, 2, "shared", path)
+    finally:
+        small.jobs.close()
+
+
+def test_mosaic_from_a_tiles_code_is_the_task_code_and_deterministic(service, model, tiles):
+    path = tiles["layered"][0]
+    out, info = service.mosaic(56, 40, seed=3, T=2, z_sem="shared", path=path)
+    assert out.shape == (1, 3, 40, 56) and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert "56×40 px, 2×2 windows of 32 px, z_sem shared from the tile layered_0000.png" in info
+    z_tile = load_image_tensor(path, 32)
+    ref = diffae_mosaic(model, 40, 56, 2, seed=3, z_sem="shared", z_tile=z_tile, progress=False)[0]
+    torch.testing.assert_close(out, ((ref + 1) / 2).clamp(0, 1), atol=0, rtol=0)
+    assert torch.equal(out, service.mosaic(56, 40, seed=3, T=2, path=path)[0])
+    assert not torch.equal(out, service.mosaic(56, 40, seed=4, T=2, path=path)[0])
+    assert service.jobs.history[-1]["name"] == "mosaic" and service.jobs.history[-1]["calls"] == 1 + 2
+
+
+def test_mosaic_without_latent_stage_or_with_bad_sizes_says_why(service, tiles):
+    with pytest.raises(ValueError, match="z_sem=field is off: this checkpoint has no trained latent DDIM"):
+        service.mosaic(64, 64, 0, 2, "field", tiles["layered"][0])
+    with pytest.raises(ValueError, match="Upload or pick a tile for the shared z_sem"):
+        service.mosaic(64, 64, 0, 2, "shared", None)
+    with pytest.raises(ValueError, match=r"mosaic \(16 px\) is smaller than one window \(32 px\)"):
+        service.mosaic(16, 64, 0, 2, "shared", tiles["layered"][0])
+    with pytest.raises(ValueError, match="z_sem: shared or field"):
+        service.mosaic(64, 64, 0, 2, "grid", tiles["layered"][0])
+
+
+def test_a_long_mosaic_is_cancelled_at_its_next_window_pass(service, tiles):
+    errors: list[BaseException] = []
+    seen: list[float] = []
+
+    def target():
+        try:
+            service.mosaic(64, 64, 0, 500, "shared", tiles["layered"][0], progress=lambda f, d: seen.append(f))
+        except JobCancelled as err:
+            errors.append(err)
+
+    t = threading.Thread(target=target)
+    t.start()
+    while len(seen) < 3:  # started, and the encoder + a first decoder pass counted
+        time.sleep(0.005)
+    assert service.cancel() == "cancelling mosaic …"
+    t.join(30)
+    assert not t.is_alive() and len(errors) == 1
+    assert service.jobs.history[-1]["status"] == "cancelled" and service.jobs.history[-1]["calls"] < 500
+    assert 0 < seen[-1] < 1  # progress counted in network calls, never 100 % for a cancelled job

@@ -4,8 +4,9 @@ Every model action is queued in one gradio concurrency group of size 1 (``concur
 a worker thread, so the page stays responsive; the service's JobRunner is the second guard (one job at a time
 even outside gradio) and makes jobs cancellable: the Cancel buttons run in their own group, never behind a job.
 Each action's HTTP API name is its tab's verb (``/sample``, ``/reconstruct``, ``/interpolate``, ``/manipulate``,
-``/cancel``, ``/jobs``), usable from ``gradio_client``. Results are also written as PNG (tiles upscaled to
-``display_size`` with Lanczos) into the run directory and offered for download.
+``/inpaint``, ``/mosaic``, ``/cancel``, ``/jobs``), usable from ``gradio_client``. Results are also written as PNG
+(tiles upscaled to ``display_size`` with Lanczos; inpainted images and mosaics at native resolution) into the
+run directory and offered for download.
 
 gradio's bundled frontend brings its own JS, CSS and fonts (``/assets``, ``/static/fonts``): the page fetches
 nothing from a CDN (checked by the Chromium test, which records every request the page makes).
@@ -13,87 +14,15 @@ nothing from a CDN (checked by the Chromium test, which records every request th
 
 from __future__ import annotations
 
-import functools
-import itertools
 import json
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from rockgen.explore.jobs import JobCancelled
+from rockgen.explore.canvas import MASK_PRESETS
 from rockgen.explore.service import ExploreService
-from rockgen.tasks.common import upscale_lanczos
-from rockgen.visual import save_grid, to_uint8
-
-try:
-    import gradio as gr
-except ImportError as err:  # pragma: no cover - exercised only without the extra
-    raise ImportError("task=explore needs gradio: pip install 'rockgen[explore]' (or pip install gradio)") from err
-
-MODEL = {"concurrency_limit": 1, "concurrency_id": "model"}
-CONTROL = {"concurrency_limit": None, "concurrency_id": "control"}
-
-
-class Outputs:
-    """Numbered PNG files of the session's results under ``run_dir/<action>/``."""
-
-    def __init__(self, run_dir: Path, display_size: int) -> None:
-        self.run_dir = Path(run_dir)
-        self.display_size = int(display_size)
-        self._n = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def view(self, images01: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) → upscaled to display_size (0 = native size)."""
-        return upscale_lanczos(images01, self.display_size or None)
-
-    def tiles(self, images01: torch.Tensor) -> list[np.ndarray]:
-        return list(to_uint8(self.view(images01)))
-
-    def save(self, action: str, images01: torch.Tensor, nrow: int = 8) -> str:
-        """Write ``run_dir/<action>/<n>.png`` (a grid of upscaled tiles); returns its path for the download."""
-        with self._lock:
-            n = next(self._n)
-        return str(save_grid(self.view(images01), self.run_dir / action / f"{n:04d}.png", nrow=nrow))
-
-
-def _as_ui_error(fn: Callable) -> Callable:
-    """Turn the service's clear errors into messages on the page (and in the HTTP API's error)."""
-
-    @functools.wraps(fn)  # keeps the signature: gradio injects gr.Progress by the ``progress`` parameter
-    def wrapped(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except JobCancelled as err:
-            raise gr.Error(str(err), title="Cancelled") from None
-        except (ValueError, RuntimeError) as err:
-            raise gr.Error(str(err)) from None
-
-    return wrapped
-
-
-def _progress(progress: gr.Progress):
-    return lambda frac, desc: progress(frac, desc=desc)
-
-
-def _picker(service: ExploreService, choices: list[str], image: gr.Image, label: str) -> None:
-    """A dropdown of tiles on disk that loads the chosen one into ``image`` (as pixels: no path is exposed)."""
-    if not choices:
-        return
-    pick = gr.Dropdown(choices=choices, value=None, label=label, interactive=True)
-
-    def load(path: str | None):
-        if not path:
-            return None
-        from rockgen.data.images import load_rgb
-
-        return np.asarray(load_rgb(path))
-
-    pick.change(load, inputs=pick, outputs=image, api_visibility="private", **CONTROL)
+from rockgen.explore.ui import CONTROL, MODEL, Outputs, as_ui_error, gr, picker, progress_fn
+from rockgen.inpaint import comparison_image
+from rockgen.visual import to_uint8
 
 
 def build_app(
@@ -139,11 +68,11 @@ def build_app(
             info = gr.Markdown()
             png = gr.File(label="PNG grid")
 
-            @_as_ui_error
+            @as_ui_error
             def sample(n, seed, steps, lsteps, sampler, cls, guidance, progress=gr.Progress()):  # noqa: B008
                 """N new tiles from a seed: latent DDIM → decoder."""
                 images, text = service.sample(
-                    int(n), int(seed), int(steps), int(lsteps), sampler, cls or None, guidance, _progress(progress)
+                    int(n), int(seed), int(steps), int(lsteps), sampler, cls or None, guidance, progress_fn(progress)
                 )
                 return out.tiles(images), text, out.save("sample", images)
 
@@ -160,7 +89,7 @@ def build_app(
             with gr.Row():
                 rec_in = gr.Image(type="filepath", label="tile", format="png", sources=["upload", "clipboard"])
                 with gr.Column():
-                    _picker(service, tiles, rec_in, "…or pick a tile")
+                    picker(service, tiles, rec_in, "…or pick a tile")
                     rec_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps (inversion and rendering)")
                     rec_seed = gr.Number(0, precision=0, label="seed of the random x_T")
                     with gr.Row():
@@ -170,10 +99,10 @@ def build_app(
             rec_info = gr.Markdown()
             rec_png = gr.File(label="PNG strip")
 
-            @_as_ui_error
+            @as_ui_error
             def reconstruct(path, T, seed, progress=gr.Progress()):  # noqa: B008
                 """The tile's inferred-x_T and z_sem-only reconstructions with PSNR."""
-                images, r = service.reconstruct(path, int(T), int(seed), _progress(progress))
+                images, r = service.reconstruct(path, int(T), int(seed), progress_fn(progress))
                 captions = [
                     "input",
                     f"inferred x_T: {r['psnr_inferred']:.2f} dB",
@@ -199,8 +128,8 @@ def build_app(
                 a = gr.Image(type="filepath", label="tile A", format="png", sources=["upload", "clipboard"])
                 b = gr.Image(type="filepath", label="tile B", format="png", sources=["upload", "clipboard"])
                 with gr.Column():
-                    _picker(service, tiles, a, "…or pick tile A")
-                    _picker(service, tiles, b, "…or pick tile B")
+                    picker(service, tiles, a, "…or pick tile A")
+                    picker(service, tiles, b, "…or pick tile B")
                     frames = gr.Slider(2, min(32, max_n), value=min(8, max_n), step=1, label="frames")
                     int_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
                     with gr.Row():
@@ -213,10 +142,10 @@ def build_app(
             int_info = gr.Markdown()
             int_png = gr.File(label="PNG strip")
 
-            @_as_ui_error
+            @as_ui_error
             def interpolate(path_a, path_b, frames, T, progress=gr.Progress()):  # noqa: B008
                 """Frames between two tiles: z_sem lerped, inverted x_T slerped."""
-                images, text = service.interpolate(path_a, path_b, int(frames), int(T), _progress(progress))
+                images, text = service.interpolate(path_a, path_b, int(frames), int(T), progress_fn(progress))
                 views = out.tiles(images)
                 slider = gr.Slider(0, len(views) - 1, value=len(views) // 2, step=1)
                 return (
@@ -250,7 +179,7 @@ def build_app(
             with gr.Row():
                 man_in = gr.Image(type="filepath", label="tile", format="png", sources=["upload", "clipboard"])
                 with gr.Column():
-                    _picker(service, tiles, man_in, "…or pick a tile")
+                    picker(service, tiles, man_in, "…or pick a tile")
                     target = gr.Dropdown(
                         feat.manipulate_classes,
                         value=feat.manipulate_classes[0] if feat.manipulate_classes else None,
@@ -271,10 +200,10 @@ def build_app(
             man_info = gr.Markdown()
             man_png = gr.File(label="PNG strip")
 
-            @_as_ui_error
+            @as_ui_error
             def manipulate(path, target, alpha, T, progress=gr.Progress()):  # noqa: B008
                 """Move a tile's z_sem along a class direction by α; render with its own x_T."""
-                images, text = service.manipulate(path, target, float(alpha), int(T), _progress(progress))
+                images, text = service.manipulate(path, target, float(alpha), int(T), progress_fn(progress))
                 captions = ["input", "α = 0", f"α = {float(alpha):g}"]
                 return list(zip(out.tiles(images), captions, strict=True)), text, out.save("manipulate", images)
 
@@ -286,6 +215,106 @@ def build_app(
                 **MODEL,
             )
             man_stop.click(service.cancel, None, man_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Inpaint"):
+            with gr.Row():
+                inp_in = gr.Image(
+                    type="filepath", label="image (a tile or larger)", format="png", sources=["upload", "clipboard"]
+                )
+                inp_mask = gr.Image(
+                    type="filepath",
+                    label="mask (optional; white = fill, same size)",
+                    format="png",
+                    sources=["upload", "clipboard"],
+                )
+                with gr.Column():
+                    picker(service, tiles, inp_in, "…or pick a tile")
+                    preset = gr.Radio(list(MASK_PRESETS), value=MASK_PRESETS[0], label="mask without an upload")
+                    hole = gr.Slider(0.05, 0.95, value=0.4, step=0.05, label="hole size (fraction of the side)")
+                    inp_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    with gr.Row():
+                        inp_seed = gr.Number(0, precision=0, label="seed")
+                        resample = gr.Slider(1, 10, value=1, step=1, label="resample (RePaint jumps per step)")
+                    with gr.Row():
+                        inp_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
+                        inp_stop = gr.Button("Cancel")
+            inp_view = gr.Image(label="input, hole in magenta | result", format="png", interactive=False)
+            inp_info = gr.Markdown()
+            inp_png = gr.File(label="inpainted PNG (native resolution)")
+
+            @as_ui_error
+            def inpaint(path, mask_path, preset, size, T, seed, resample, progress=gr.Progress()):  # noqa: B008
+                """Fill the masked pixels of an image; z_sem from its real pixels (as task=inpaint)."""
+                x01, mask, result01, text = service.inpaint(
+                    path, mask_path, preset, float(size), int(T), int(seed), int(resample), progress_fn(progress)
+                )
+                result = to_uint8(result01)[0]
+                comp = comparison_image(to_uint8(x01)[0], mask, result)
+                view, n = out.enlarge(comp, service.image_size), out.number()
+                out.save_array("inpaint", view, "_comparison", n)
+                return view, text, out.save_array("inpaint", result, n=n)
+
+            inp_go.click(
+                inpaint,
+                [inp_in, inp_mask, preset, hole, inp_T, inp_seed, resample],
+                [inp_view, inp_info, inp_png],
+                api_name="inpaint",
+                **MODEL,
+            )
+            inp_stop.click(service.cancel, None, inp_info, api_visibility="private", **CONTROL)
+
+        with gr.Tab("Mosaic"):
+            S = service.image_size
+            if not feat.can_sample:
+                gr.Markdown(
+                    "**z_sem=field and a shared z_sem without a tile are off: this checkpoint has no trained latent "
+                    "DDIM (stage 2). z_sem=shared from a tile works.**",
+                    elem_id="mosaic-field-disabled",
+                )
+            with gr.Row():
+                mos_in = gr.Image(
+                    type="filepath", label="tile for the shared z_sem", format="png", sources=["upload", "clipboard"]
+                )
+                with gr.Column():
+                    picker(service, tiles, mos_in, "…or pick a tile")
+                    with gr.Row():
+                        mos_w = gr.Number(3 * S, precision=0, label="width (px)")
+                        mos_h = gr.Number(3 * S, precision=0, label="height (px)")
+                        mos_seed = gr.Number(0, precision=0, label="seed")
+                    z_sem = gr.Radio(
+                        ["shared", "field"],
+                        value="shared",
+                        label="z_sem: one code (the tile's, or a latent draw) | a smooth field of latent draws",
+                    )
+                    mos_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
+                    mos_lT = gr.Slider(1, 200, value=T_latent, step=1, label="latent steps (latent draws)")
+                    mos_batch = gr.Slider(1, 64, value=service.batch_size, step=1, label="windows per forward pass")
+                    gr.Markdown(f"At most {service.max_mosaic_pixels} px (`max_mosaic_pixels`); windows of {S} px.")
+                    with gr.Row():
+                        mos_go = gr.Button("Mosaic", variant="primary", elem_id="mosaic-button")
+                        mos_stop = gr.Button("Cancel")
+            mos_view = gr.Image(label="mosaic", format="png", interactive=False)
+            mos_info = gr.Markdown()
+            mos_png = gr.File(label="mosaic PNG (native resolution)")
+
+            @as_ui_error
+            def mosaic(width, height, seed, T, z_sem, path, T_latent, batch, progress=gr.Progress()):  # noqa: B008
+                """One large image by MultiDiffusion windows (as task=mosaic)."""
+                image01, text = service.mosaic(
+                    int(width), int(height), int(seed), int(T), z_sem, path, int(T_latent), int(batch),
+                    progress_fn(progress),
+                )  # fmt: skip
+                image = to_uint8(image01)[0]
+                return out.enlarge(image, service.image_size), text, out.save_array("mosaic", image)
+
+            mos_go.click(
+                mosaic,
+                [mos_w, mos_h, mos_seed, mos_T, z_sem, mos_in, mos_lT, mos_batch],
+                [mos_view, mos_info, mos_png],
+                api_name="mosaic",
+                **MODEL,
+            )
+            mos_stop.click(service.cancel, None, mos_info, api_visibility="private", **CONTROL)
 
         def jobs() -> str:
             """The finished jobs (id, name, status, start/end in monotonic seconds) as JSON."""

@@ -1,10 +1,12 @@
-"""What the explorer can do with one DiffAE checkpoint, free of any UI: sample, reconstruct, interpolate, manipulate.
+"""What the explorer can do with one DiffAE checkpoint, free of any UI: sample, reconstruct, interpolate, ... mosaic.
 
 Every action runs as one job of a :class:`~rockgen.explore.jobs.JobRunner` (one at a time, cancellable, with
-progress) and returns images (N, 3, S, S) in [0, 1] on the CPU plus a short description. Interpolation and
+progress) and returns images (N, 3, H, W) in [0, 1] on the CPU plus a short description. Interpolation and
 manipulation are ``rockgen.latent_ops.interpolate`` / ``manipulate``, as in ``task=interpolate`` /
-``task=manipulate``. What a checkpoint offers (latent sampling, classes, guidance, samplers) is found by feature
-checks, so checkpoints of other stages or versions degrade to a message instead of failing:
+``task=manipulate``; inpainting and mosaics are ``rockgen.inpaint.inpaint_image`` and
+``rockgen.mosaic.diffae_mosaic``, as in ``task=inpaint`` / ``task=mosaic``. What a checkpoint offers (latent
+sampling, classes, guidance, samplers) is found by feature checks, so checkpoints of other stages or versions
+degrade to a message instead of failing:
 
     service = ExploreService(model, latents=load_latents("latents.pt"))
     service.features.can_sample, service.features.sample_message
@@ -25,10 +27,13 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from rockgen.data.images import ImageReadError, image_size
+from rockgen.explore.canvas import load_canvas, preset_mask
 from rockgen.explore.jobs import JobRunner, ProgressFn
+from rockgen.inpaint import check_mask, inpaint_image, load_mask
 from rockgen.latent_ops import FITS, LinearClassifier, code_labels, fit_linear_classifier, interpolate, manipulate
 from rockgen.latent_ops import load_image_tensor as _load_image_tensor
 from rockgen.latents import Latents
+from rockgen.mosaic import MosaicModel, diffae_mosaic, window_origins
 
 
 @dataclass
@@ -114,6 +119,7 @@ class ExploreService:
         batch_size: int = 16,
         holdout: float = 0.2,
         seed: int = 0,
+        max_mosaic_pixels: int = 65536,
     ) -> None:
         if fit not in FITS:
             raise ValueError(f"fit: must be one of {FITS}, got {fit!r}")
@@ -122,6 +128,7 @@ class ExploreService:
         self.fit = fit
         self.max_images = int(max_images)
         self.batch_size = int(batch_size)
+        self.max_mosaic_pixels = int(max_mosaic_pixels)
         self.image_size = int(model.image_size)
         self._labels = (
             code_labels(latents, labels_csv) if latents is not None and _has_labels(latents, labels_csv) else None
@@ -268,6 +275,97 @@ class ExploreService:
             f"over classes {clf.classes} ({fitted})"
         )
         return torch.cat([(x + 1) / 2, images]), info
+
+    def inpaint(
+        self,
+        path: str | Path | None,
+        mask_path: str | Path | None = None,
+        preset: str = "centre square",
+        size: float = 0.4,
+        T: int = 20,
+        seed: int = 0,
+        resample: int = 1,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
+        """Fill a hole of an image at native resolution → input (1, 3, H, W), mask (1, 1, H, W), result, in [0, 1].
+
+        The mask is ``mask_path`` (nonzero = fill; same size as the image) or else ``preset`` of ``size``
+        (random holes placed by ``seed``); z_sem comes from the real pixels, as ``task=inpaint``.
+        """
+        x = load_canvas(path, self.image_size, self.max_mosaic_pixels)
+        T, resample = self._check_steps(T), int(resample)
+        if not 1 <= resample <= 10:
+            raise ValueError(f"resample: 1 … 10 RePaint jumps per step, got {resample}")
+        h, w = x.shape[-2:]
+        if mask_path:
+            mask, source = load_mask(mask_path), f"mask {Path(str(mask_path)).name}"
+        else:
+            mask, source = preset_mask(preset, h, w, float(size), int(seed)), f"{preset} mask ({float(size):g})"
+        check_mask(mask, x, source, f"image {Path(str(path)).name}")
+        overlap = self.image_size // 4
+        windows = len(window_origins(h, self.image_size, overlap)) * len(window_origins(w, self.image_size, overlap))
+        chunks = math.ceil(windows / self.batch_size)
+        kw = {"resample": resample, "seed": int(seed), "overlap": overlap, "window_batch": self.batch_size}
+        fn = lambda: inpaint_image(self.model, x, mask, T, **kw).cpu()  # noqa: E731
+        out, took = self._timed("inpaint", chunks + T * resample * chunks, fn, progress)
+        info = (
+            f"{w}×{h} px ({windows} window{'s' * (windows > 1)}), {source}: {int(mask.sum())} px filled; "
+            f"DDIM-{T}, resample {resample}, seed {seed}: {took:.2f} s"
+        )
+        return (x + 1) / 2, mask, ((out + 1) / 2).clamp(0, 1), info
+
+    def mosaic(
+        self,
+        width: int,
+        height: int,
+        seed: int,
+        T: int,
+        z_sem: str = "shared",
+        path: str | Path | None = None,
+        T_latent: int = 20,
+        window_batch: int = 16,
+        progress: ProgressFn | None = None,
+    ) -> tuple[torch.Tensor, str]:
+        """A (1, 3, height, width) mosaic in [0, 1] by MultiDiffusion (``task=mosaic``'s code).
+
+        z_sem: shared = the code of the tile ``path`` (or, without one, a latent-DDIM draw), field = latent-DDIM
+        codes at anchors, smoothly interpolated (needs the latent stage).
+        """
+        width, height, T, T_latent = int(width), int(height), self._check_steps(T), int(T_latent)
+        if z_sem not in ("shared", "field"):
+            raise ValueError(f"z_sem: shared or field, got {z_sem!r}")
+        if width * height > self.max_mosaic_pixels:
+            raise ValueError(
+                f"mosaic: {width}×{height} = {width * height} px is more than max_mosaic_pixels="
+                f"{self.max_mosaic_pixels} (a setting of task=explore)"
+            )
+        if int(window_batch) < 1:
+            raise ValueError(f"window batch: at least 1, got {window_batch}")
+        z_tile, source = None, "latent-DDIM draws" if z_sem == "field" else "a latent-DDIM draw"
+        if z_sem == "shared" and path:
+            z_tile, fitted = self.load_image(path, "z_sem tile")
+            source = f"the tile {Path(str(path)).name} ({fitted})"
+        elif not self.features.can_sample:
+            raise ValueError(
+                f"z_sem={z_sem} is off: this checkpoint has no trained latent DDIM (stage 2) to draw codes from. "
+                + ("Upload or pick a tile for the shared z_sem, or open" if z_sem == "shared" else "Use z_sem=shared "
+                   "with a tile, or open") + " a template=demo_latent (or rock*_latent) checkpoint."
+            )  # fmt: skip
+        s = self.image_size
+        layout = MosaicModel(None, height, width, s, s // 4, int(window_batch))  # checks the size; counts windows
+        chunks = math.ceil(len(layout.origins) / int(window_batch))
+        calls = (1 if z_tile is not None else T_latent) + T * chunks
+        fn = lambda: diffae_mosaic(  # noqa: E731
+            self.model, height, width, T, seed=int(seed), z_sem=z_sem, z_tile=z_tile, T_latent=T_latent,
+            window_batch=int(window_batch), progress=False,
+        )[0].cpu()  # fmt: skip
+        out, took = self._timed("mosaic", calls, fn, progress)
+        gy, gx = layout.grid
+        info = (
+            f"{width}×{height} px, {gy}×{gx} windows of {s} px, z_sem {z_sem} from {source}, seed {seed}, "
+            f"DDIM-{T}: {took:.2f} s"
+        )
+        return ((out + 1) / 2).clamp(0, 1), info
 
     def cancel(self) -> str:
         name = self.jobs.cancel()

@@ -82,6 +82,7 @@ def explore_task(cfg: DictConfig) -> dict[str, Any]:
         batch_size=int(cfg.batch_size),
         holdout=float(cfg.holdout),
         seed=int(cfg.seed),
+        max_mosaic_pixels=int(cfg.max_mosaic_pixels),
     )
     step = getattr(model, "loaded_from", {}).get("global_step", "?")
     dim = model.encode(torch.zeros(1, 3, model.image_size, model.image_size)).shape[1]

@@ -15,25 +15,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image
 
 from rockgen.data.images import load_rgb
-from rockgen.inpaint import check_mask, fill_for_encoding, inpaint_sample
+from rockgen.inpaint import check_mask, comparison_image, inpaint_image, load_mask
 from rockgen.lit.checkpoint import load_checkpoint_module
-from rockgen.mosaic import MosaicModel, window_origins
+from rockgen.mosaic import window_origins
 from rockgen.visual import to_uint8
-
-
-def load_mask(path: str | Path) -> torch.Tensor:
-    """(1, 1, H, W) bool, True where the mask image is nonzero in any channel."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"mask not found: {path}")
-    arr = np.asarray(Image.open(path).convert("L"))
-    return torch.from_numpy(arr > 0)[None, None]
 
 
 def inpaint_task(cfg: DictConfig) -> dict[str, Any]:
@@ -57,31 +47,14 @@ def inpaint_task(cfg: DictConfig) -> dict[str, Any]:
     h, w = img.shape[-2:]
     window_origins(h, s, int(cfg.overlap))  # the image must hold at least one tile
     window_origins(w, s, int(cfg.overlap))
-    dec = model.ema_model.decoder
-    filled = fill_for_encoding(img, mask)
-    if (h, w) == (s, s):
-        z = model.encode(filled).cpu()
-        fn = model.decoder_fn(z)
-    else:
-        codes: list[torch.Tensor] = []
-        mos = MosaicModel(lambda x, t, idx: dec(x, t, cond=torch.cat(codes)[idx.cpu()].to(x.device)), h, w, s,
-                          int(cfg.overlap), int(cfg.window_batch))  # fmt: skip
-        crops = [filled[:, :, r : r + s, c : c + s] for r, c in mos.origins]
-        bs = int(cfg.window_batch)
-        codes.extend(model.encode(torch.cat(crops[i : i + bs])).cpu() for i in range(0, len(crops), bs))
-        fn = mos
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    d = model.diffusion_conf
-    x0 = inpaint_sample(
-        fn, img.to(model.device), mask.to(model.device), model.schedule, int(cfg.T), resample=int(cfg.resample),
-        clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=True,
+    x0 = inpaint_image(
+        model, img, mask, int(cfg.T), resample=int(cfg.resample), seed=int(cfg.seed), overlap=int(cfg.overlap),
+        window_batch=int(cfg.window_batch), progress=True,
     )  # fmt: skip
     result = to_uint8(((x0.float().cpu() + 1) / 2).clamp(0, 1))[0]
     run_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(result).save(out)
-    shown = to_uint8(((img + 1) / 2).clamp(0, 1))[0].copy()
-    shown[mask[0, 0].numpy()] = (255, 0, 255)
-    comp = np.concatenate([shown, np.full((h, 4, 3), 255, np.uint8), result], axis=1)
+    comp = comparison_image(to_uint8(((img + 1) / 2).clamp(0, 1))[0], mask, result)
     scale = max(1, 256 // max(h, 1))
     Image.fromarray(comp).resize((comp.shape[1] * scale, comp.shape[0] * scale), Image.NEAREST).save(
         run_dir / "comparison.png"

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from rockgen.lit.checkpoint import load_checkpoint_module
-from rockgen.mosaic import MosaicModel, field_codes, sample_mosaic, window_origins
+from rockgen.mosaic import MosaicModel, diffae_mosaic, window_codes, window_origins
 from rockgen.visual import to_uint8
 
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0  # EPSG:3857 world width
@@ -66,28 +66,19 @@ def mosaic_size(cfg: DictConfig) -> tuple[int, int]:
     raise ValueError(f"units must be px or m, got {cfg.units!r}")
 
 
-def _codes(model, cfg: DictConfig, mosaic: MosaicModel, gen: torch.Generator) -> torch.Tensor:
-    """z_sem per window (N, D) for z_sem=shared|field."""
-    n = len(mosaic.origins)
-    if cfg.z_sem not in ("shared", "field"):
-        raise ValueError(f"z_sem must be shared or field, got {cfg.z_sem!r}")
+def _z_tile(model, cfg: DictConfig) -> torch.Tensor | None:
+    """The tile (1, 3, S, S) whose code z_sem=shared uses (``z_image``), or None to sample one."""
     if cfg.z_sem == "shared" and cfg.z_image:
         from rockgen.latent_ops import load_image_tensor
 
-        return model.encode(load_image_tensor(cfg.z_image, model.image_size)).cpu().expand(n, -1)
-    if not getattr(model, "has_latent", False) or not bool(getattr(model, "latent_ready", False)):
-        hint = " or give z_image=<tile> with z_sem=shared" if cfg.z_sem == "shared" else ""
-        raise ValueError(
-            f"{cfg.ckpt_path} has no trained latent stage, which z_sem={cfg.z_sem} samples codes from: train it "
-            f"with template=<res>_latent (e.g. demo_latent, scripts/pipeline.sh) and use that checkpoint{hint}"
-        )
-    if cfg.z_sem == "shared":
-        return model.sample_latents(1, "cpu", cfg.T_latent, generator=gen).cpu().expand(n, -1)
-    gy, gx = mosaic.grid
-    every = max(1, int(cfg.anchor_every))
-    ay, ax = max(2, math.ceil((gy - 1) / every) + 1), max(2, math.ceil((gx - 1) / every) + 1)
-    anchors = model.sample_latents(ay * ax, "cpu", cfg.T_latent, generator=gen).cpu()
-    return field_codes(anchors, (ay, ax), mosaic.centres())
+        return load_image_tensor(cfg.z_image, model.image_size)
+    return None
+
+
+def _codes(model, cfg: DictConfig, mosaic: MosaicModel, gen: torch.Generator) -> torch.Tensor:
+    """z_sem per window (N, D) for z_sem=shared|field."""
+    return window_codes(model, mosaic, cfg.z_sem, gen, z_tile=_z_tile(model, cfg), T_latent=cfg.T_latent,
+                        anchor_every=int(cfg.anchor_every), source=str(cfg.ckpt_path))  # fmt: skip
 
 
 def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
@@ -121,25 +112,16 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"task=mosaic needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     window = int(cfg.window or model.image_size)
     overlap = int(cfg.overlap if cfg.overlap is not None else window // 4)
-    dec = model.ema_model.decoder
-    codes: torch.Tensor | None = None
-
-    def window_fn(x, t, idx):
-        return dec(x, t, cond=codes[idx.cpu()].to(x.device))
-
-    mosaic = MosaicModel(window_fn, height, width, window, overlap, int(cfg.window_batch))
-    gen = torch.Generator().manual_seed(int(cfg.seed))
-    codes = _codes(model, cfg, mosaic, gen)
-    x_T = torch.randn(1, 3, height, width, generator=gen)
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(
         ckpt=str(cfg.ckpt_path), height=height, width=width, window=window, overlap=overlap, T=int(cfg.T),
         seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image),
     )  # fmt: skip
-    d = model.diffusion_conf
-    x0 = sample_mosaic(
-        mosaic, x_T.to(model.device), model.schedule, int(cfg.T), clip_x0=d.clip_x0, prediction=d.prediction,
-        state_path=run_dir / "mosaic.partial.pt", meta=meta,
+    x0, mosaic = diffae_mosaic(
+        model, height, width, int(cfg.T), seed=int(cfg.seed), z_sem=cfg.z_sem, z_tile=_z_tile(model, cfg),
+        T_latent=cfg.T_latent, anchor_every=int(cfg.anchor_every), window=window, overlap=overlap,
+        window_batch=int(cfg.window_batch), state_path=run_dir / "mosaic.partial.pt", meta=meta,
+        source=str(cfg.ckpt_path),
     )  # fmt: skip
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
     Image.fromarray(img).save(out)
