@@ -56,3 +56,33 @@ def test_torch_compile_equals_eager():
         ref = dec(x, t, cond=z)
         got = torch.compile(dec)(x, t, cond=torch.compile(enc)(x))
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_channels_last_group_norm_backward_equals_float64_reference():
+    """The channels_last GroupNorm backward (large images, D = C/G of 1 and 2) against float64 autograd."""
+    from rockgen.models.nn import _CL_BACKWARD_MIN_PIXELS, GroupNorm32
+
+    side = int(_CL_BACKWARD_MIN_PIXELS**0.5)
+    for channels in (32, 64):
+        torch.manual_seed(channels)
+        norm = GroupNorm32(channels)
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_()
+        x = (torch.randn(2, channels, side, side) * 3 + 1).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        dy = torch.randn(2, channels, side, side).contiguous(memory_format=torch.channels_last)
+        y = norm(x)
+        assert y.grad_fn is not None and "GroupNormChannelsLast" in type(y.grad_fn).__name__
+        grads = torch.autograd.grad(y, (x, norm.weight, norm.bias), dy)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+        x64 = x.detach().double().contiguous().requires_grad_(True)
+        w64, b64 = (p.detach().double().requires_grad_(True) for p in (norm.weight, norm.bias))
+        y64 = torch.nn.functional.group_norm(x64, 32, w64, b64, norm.eps)
+        ref = torch.autograd.grad(y64, (x64, w64, b64), dy.double())
+        torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
+        for got, want, name in zip(grads, ref, ("x", "weight", "bias"), strict=True):
+            torch.testing.assert_close(got.double(), want, atol=1e-4, rtol=1e-4, msg=name)
+        # an NCHW gradient arriving at a channels_last output works too
+        got_x = torch.autograd.grad(norm(x), x, dy.contiguous())[0]
+        torch.testing.assert_close(got_x.double(), ref[0], atol=1e-4, rtol=1e-4)
