@@ -86,3 +86,23 @@ def test_channels_last_group_norm_backward_equals_float64_reference():
         # an NCHW gradient arriving at a channels_last output works too
         got_x = torch.autograd.grad(norm(x), x, dy.contiguous())[0]
         torch.testing.assert_close(got_x.double(), ref[0], atol=1e-4, rtol=1e-4)
+
+
+def test_ema_nets_stay_in_eval_mode_under_train():
+    """LitModel.train() (Lightning calls it every epoch) leaves the EMA nets in eval mode: rendering between
+    training steps is deterministic and dropout-free (the rock presets' decoders have dropout 0.1)."""
+    from latent_models import random_diffae
+
+    from rockgen.models.blocks import ResBlock
+
+    model = random_diffae(seed=3)
+    blocks = [m for m in model.ema_model.decoder.modules() if isinstance(m, ResBlock)]
+    for block in blocks:  # the demo preset has none: give every decoder block some
+        block.dropout = 0.3
+    model.train()
+    assert model.model.training and not any(m.training for m in model.ema_model.modules())
+    noise = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    cond = torch.randn(2, model.ema_model.decoder.cfg.cond_channels, generator=torch.Generator().manual_seed(1))
+    first, second = model.render(noise, cond, T=2), model.render(noise, cond, T=2)
+    torch.testing.assert_close(first, second, atol=0, rtol=0)
+    torch.testing.assert_close(model.eval().render(noise, cond, T=2), first, atol=1e-6, rtol=0)
