@@ -218,6 +218,9 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
                 return fn(noise if what == "render" else x, cond, steps)
 
     times: dict[str, dict[str, list[float]]] = {k: {w: [] for w in WHATS if w in args.only} for k in sides}
+    # CPU seconds of this process per call: on a shared machine the wall time of one call varied 4x between
+    # rounds (other processes took the cores), its CPU time far less; both sides are measured the same way.
+    cpu_times: dict[str, dict[str, list[float]]] = {k: {w: [] for w in d} for k, d in times.items()}
     warm = {}
     for name, side in sides.items():  # one untimed call each (T=2 for the samplers: same shapes, same kernels)
         t0 = time.perf_counter()
@@ -231,12 +234,14 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
         for what in next(iter(times.values())):
             for name in order if r % 2 == 0 else order[::-1]:  # ABBA: neither side always runs first
                 for _ in range(args.iters):
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     call(sides[name], what, T)
                     _sync(device)
                     times[name][what].append(round(time.perf_counter() - t0, 4))
+                    cpu_times[name][what].append(round(time.process_time() - c0, 4))
                 _log(f"[{config} {precision}] round {r + 1}/{args.rounds} {what} {name}: {times[name][what][-1]:.2f} s")
     med = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in times.items()}
+    med_cpu = {k: {w: statistics.median(v) for w, v in d.items()} for k, d in cpu_times.items()}
     return {
         "config": config,
         "precision": precision,
@@ -250,6 +255,12 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
         "times_s": times,
         "median_s": med,
         "ratio": {w: round(med["official"][w] / med["rockgen"][w], 3) for w in med["rockgen"]},
+        "cpu_times_s": cpu_times,
+        "median_cpu_s": med_cpu,
+        # the same ratio from CPU time (on CUDA the host's CPU time says little: use "ratio" there)
+        "ratio_cpu": {
+            w: round(med_cpu["official"][w] / max(med_cpu["rockgen"][w], 1e-9), 3) for w in med_cpu["rockgen"]
+        },
     }
 
 
@@ -328,9 +339,11 @@ def measure_memory(args, device, precision: str, config: str, rockgen_kw: dict) 
 
 
 def format_rows(rows: list[dict]) -> str:
+    """The ratio table: wall-clock ratios, then the same from CPU time (``cpu x``) where recorded."""
     lines = [
         f"{'config':<10}{'precision':<11}{'rockgen':<22}"
         + "".join(f"{w + ' x':>10}" for w in WHATS)
+        + "".join(f"{w + ' cpu x':>13}" for w in WHATS)
         + f"{'mem ratio':>11}{'compile s':>11}"
     ]
     for r in rows:
@@ -338,11 +351,16 @@ def format_rows(rows: list[dict]) -> str:
         opts = ",".join(k if v is True else f"{k}={v}" for k, v in opts.items() if v not in (None, False))
         mem = r.get("memory", {}).get("rockgen_over_official")
         cells = "".join(f"{r['ratio'][w]:>10.2f}" if w in r["ratio"] else f"{'-':>10}" for w in WHATS)
+        cpu = r.get("ratio_cpu", {})
+        cells += "".join(f"{cpu[w]:>13.2f}" if w in cpu else f"{'-':>13}" for w in WHATS)
         lines.append(
             f"{r['config']:<10}{r['precision']:<11}{opts or 'default':<22}{cells}"
             f"{mem if mem is not None else '-':>11}{r['compile_s'] if r['compile_s'] is not None else '-':>11}"
         )
-    lines.append("x = official time / rockgen time (> 1: rockgen faster); mem ratio = rockgen / official peak")
+    lines.append(
+        "x = official time / rockgen time (> 1: rockgen faster), medians of wall-clock times; cpu x: of the "
+        "process's CPU times; mem ratio = rockgen / official peak"
+    )
     return "\n".join(lines)
 
 

@@ -113,6 +113,8 @@ def test_bench_official_side_by_side(tmp_path):
             assert len(row["times_s"][side][what]) == 1 and row["times_s"][side][what][0] > 0
         expect = row["median_s"]["official"][what] / row["median_s"]["rockgen"][what]
         assert row["ratio"][what] == pytest.approx(expect, abs=1e-3)
+        cpu = row["median_cpu_s"]["official"][what] / row["median_cpu_s"]["rockgen"][what]
+        assert row["ratio_cpu"][what] == pytest.approx(cpu, abs=1e-3) and len(row["cpu_times_s"]["rockgen"][what]) == 1
     mem = row["memory"]
     assert mem["official"]["train_rss_gb"] > 0 and mem["rockgen"]["train_rss_gb"] > 0
     assert "train x" in proc.stdout and "OFFICIAL_ROCK64" not in (ROOT / "scripts" / "bench.py").read_text()

@@ -22,6 +22,18 @@ class RockgenModule(pl.LightningModule):
     """Base class: records its own import path in each checkpoint so ``load_checkpoint_module`` can rebuild any
     module, and frees the gradients right after each optimizer step."""
 
+    def train(self, mode: bool = True):
+        """Train mode for the trained nets only: the EMA copy (``ema_model``, when present) stays in eval mode.
+
+        Lightning calls ``module.train()`` before every training epoch; without this the EMA nets would render
+        and encode with dropout active (wrong samples from a callback or a bench between training steps).
+        """
+        super().train(mode)
+        ema = getattr(self, "ema_model", None)
+        if isinstance(ema, torch.nn.Module):
+            ema.eval()
+        return self
+
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Lightning zeroes gradients only after the next forward pass, so they would sit in memory through it

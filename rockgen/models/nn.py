@@ -33,6 +33,72 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+# Below this many pixels (H·W) the native channels_last GroupNorm backward is as fast as ours (see
+# ``_GroupNormChannelsLast``); measured at 1 thread: 256 ch at 16² native 1.1 ms vs 2.3 ms, 128 ch at 32²
+# native 13 ms vs 3 ms, 32 ch at 64² native 84 ms vs 10 ms (fwd + bwd, batch 8).
+_CL_BACKWARD_MIN_PIXELS = 32 * 32
+
+
+class _GroupNormChannelsLast(torch.autograd.Function):
+    """GroupNorm of a channels_last float tensor with a backward written for that layout.
+
+    torch's CPU channels_last GroupNorm backward reduces over H·W inside each group and gets slow when a group
+    holds few channels and many pixels (D = C/G = 1..4 at 32²-64²: 5-8x slower than the NCHW kernel). Here the
+    (B, H·W, C) view is reduced over H·W with C innermost (vectorised), then folded per group: the same
+    formula as torch's kernel (ATen group_norm_kernel.cpp), with
+        ds = Σ_hw dy·x, db = Σ_hw dy                               (B, C)
+        c1 = (Σ_g db·w · μ − Σ_g ds·w) · σ⁻³ / (D·H·W),  c2 = −c1·μ − Σ_g db·w · σ⁻¹ / (D·H·W)   (B, G)
+        dx = w·σ⁻¹·dy + c1·x + c2,  dw = Σ_b (ds − db·μ)·σ⁻¹,  dbias = Σ_b db.
+    The forward is torch's own (native_group_norm keeps channels_last).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups: int, eps: float):
+        b, c, h, w = x.shape
+        y, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, b, c, h * w, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        b, c, h, w = x.shape
+        d = c // ctx.groups
+        x_ = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view: x is channels_last
+        dy_ = dy.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view unless autograd handed an NCHW gradient
+        ds, db = (dy_ * x_).sum(1), dy_.sum(1)  # (B, C)
+        mean_c, rstd_c = mean.repeat_interleave(d, 1), rstd.repeat_interleave(d, 1)  # (B, G) -> (B, C)
+        dweight = ((ds - db * mean_c) * rstd_c).sum(0) if ctx.needs_input_grad[1] else None
+        dbias = db.sum(0) if ctx.needs_input_grad[2] else None
+        dx = None
+        if ctx.needs_input_grad[0]:
+            ds_g, db_g = (ds * weight).view(b, -1, d).sum(2), (db * weight).view(b, -1, d).sum(2)  # (B, G)
+            n = d * h * w
+            c1 = (db_g * mean - ds_g) * rstd.pow(3) / n
+            c2 = -c1 * mean - db_g * rstd / n
+            c1, c2 = (v.repeat_interleave(d, 1)[:, None, :] for v in (c1, c2))  # (B, 1, C)
+            dx_ = torch.addcmul(c2, x_, c1).addcmul_(dy_, (weight * rstd_c)[:, None, :])  # (B, H·W, C)
+            dx = dx_.view(b, h, w, c).permute(0, 3, 1, 2)  # channels_last, like x
+        return dx, dweight, dbias, None, None
+
+
+def group_norm(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """F.group_norm, with ``_GroupNormChannelsLast`` where autograd records a large channels_last float32 input."""
+    if (
+        x.device.type == "cpu"
+        and x.dim() == 4
+        and x.dtype == weight.dtype == torch.float32
+        and x.shape[2] * x.shape[3] >= _CL_BACKWARD_MIN_PIXELS
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and torch.is_grad_enabled()
+        and (x.requires_grad or weight.requires_grad)
+    ):
+        return _GroupNormChannelsLast.apply(x, weight, bias, groups, eps)
+    return F.group_norm(x, groups, weight, bias, eps)
+
+
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32, C) in float32, output in the input dtype: exact statistics under bf16 autocast."""
 
@@ -47,8 +113,10 @@ class GroupNorm32(nn.GroupNorm):
         # (channels_last, 8-64 px), so when autograd records this op on CPU the round trip is faster overall.
         cpu_mixed = x.device.type == "cpu" and x.dtype != self.weight.dtype and self.weight.dtype == torch.float32
         if cpu_mixed and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return F.group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
-        if x.dtype == self.weight.dtype or cpu_mixed:
+            return group_norm(x.float(), self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
+        if x.dtype == self.weight.dtype:
+            return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if cpu_mixed:
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps).to(x.dtype)
         return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
