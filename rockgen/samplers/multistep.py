@@ -26,12 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
-from rockgen.samplers.ddim import ModelFn, _abar_at, _predict, ddim_timesteps
+from rockgen.samplers.ddim import ModelFn, _abar_at, _predict
+from rockgen.samplers.spacing import solver_timesteps
 
 
-def _grid(schedule: Schedule, num_steps: int) -> tuple[list[int], list[float]]:
-    """Kept steps descending (N,) and their ᾱ with a final 1.0 (x_0) appended (N + 1,)."""
-    ts = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()[::-1]
+def _grid(schedule: Schedule, num_steps: int, spacing: str) -> tuple[list[int], list[float]]:
+    """Solver steps descending (N,) and their ᾱ with a final 1.0 (x_0) appended (N + 1,)."""
+    ts = solver_timesteps(schedule, num_steps, spacing)
     return ts, [_abar_at(schedule, t) for t in ts] + [1.0]
 
 
@@ -57,6 +58,7 @@ def dpmpp_2m_sample(
     *,
     clip_x0: bool = True,
     prediction: str = "eps",
+    spacing: str = "ddim",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     **unused,
@@ -66,7 +68,7 @@ def dpmpp_2m_sample(
     ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``.
     """
     _reject_stochastic(unused, "dpmpp_2m")
-    ts, abar = _grid(schedule, num_steps)
+    ts, abar = _grid(schedule, num_steps, spacing)
     n = len(ts)
     x0_prev, h_prev = None, None
     for i in tqdm(range(n), desc="DPM-Solver++", disable=not progress, leave=False):
@@ -108,13 +110,14 @@ def unipc_sample(
     *,
     clip_x0: bool = True,
     prediction: str = "eps",
+    spacing: str = "ddim",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     **unused,
 ) -> torch.Tensor:
     """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls."""
     _reject_stochastic(unused, "unipc")
-    ts, abar = _grid(schedule, num_steps)
+    ts, abar = _grid(schedule, num_steps, spacing)
     lam = [_lam(a) for a in abar]
     n = len(ts)
     hist: list[torch.Tensor] = []  # x̂_0 at the kept steps visited so far (last two used)
