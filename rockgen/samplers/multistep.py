@@ -1,7 +1,12 @@
 """Fast multistep ODE samplers in data-prediction form: DPM-Solver++(2M) and UniPC-bh2 (order 2).
 
-Both are pure functions over ``model_fn(x_t, t)`` like ``ddim_sample`` and use the same kept steps
-(``ddim_timesteps``: N network calls for N steps, then the last step lands on x_0 where σ = 0). With
+Both are pure functions over ``model_fn(x_t, t)`` like ``ddim_sample``: N network calls at the steps of a
+``spacing`` rule (``rockgen.samplers.spacing``), then a last step onto x_0 where σ = 0. The default,
+``logsnr`` (uniform in λ from t = T−1 to t = 0), matters: on DDIM's kept steps (``spacing="ddim"``) the
+step 100 → 0 of a 10-step linear-schedule grid spans h ≈ 3.5 in λ after steps of ≈ 0.75, and the
+second-order update extrapolates x̂_0 linearly in λ across it (by h/(2 h_prev) ≈ 2.4× the last difference)
+while x̂_0(λ) levels off: that one step made both solvers worse than DDIM (analytic model: RMSE to the exact
+ODE solution 0.013 → 0.19 on that step alone, DDIM 0.13). With
 α_t = √ᾱ_t, σ_t = √(1−ᾱ_t), λ_t = log(α_t/σ_t), h = λ_s − λ_t for a step t → s and x̂_0 the network's data
 prediction (clamped with ``clip_x0``):
 
@@ -58,12 +63,12 @@ def dpmpp_2m_sample(
     *,
     clip_x0: bool = True,
     prediction: str = "eps",
-    spacing: str = "ddim",
+    spacing: str = "logsnr",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     **unused,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M) from x_T (B, ...) at the last kept step down to x_0 (B, ...); N network calls.
+    """DPM-Solver++(2M) from x_T (B, ...) at the first step of ``spacing`` down to x_0 (B, ...); N network calls.
 
     ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``.
     """
@@ -110,7 +115,7 @@ def unipc_sample(
     *,
     clip_x0: bool = True,
     prediction: str = "eps",
-    spacing: str = "ddim",
+    spacing: str = "logsnr",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     **unused,
