@@ -101,7 +101,7 @@ def test_spacing_matches_diffusers_timesteps(spacing, n):
         num_train_timesteps=1000, trained_betas=sch.betas.numpy(), **DIFFUSERS_SPACING[spacing]
     )
     d.set_timesteps(n)
-    theirs = sorted(set(d.timesteps.tolist()), reverse=True)  # diffusers keeps steps merged by rounding twice
+    theirs = sorted(set(d.timesteps.tolist()), reverse=True)  # diffusers repeats a step where rounding merges two
     ours = solver_timesteps(sch, n, spacing)
     assert len(ours) == len(theirs) and ours[0] == 999
     if spacing in ("logsnr", "karras"):
