@@ -6,6 +6,7 @@ from rockgen.samplers.ddim import ddim_invert, ddim_sample, ddim_step, ddim_time
 from rockgen.samplers.ddpm import ddpm_sample
 from rockgen.samplers.guidance import cfg_combine, guided_model_fn
 from rockgen.samplers.multistep import dpmpp_2m_sample, unipc_sample
+from rockgen.samplers.spacing import SPACINGS, solver_timesteps
 
 SAMPLERS = {"ddim": ddim_sample, "dpmpp_2m": dpmpp_2m_sample, "unipc": unipc_sample}
 
@@ -19,6 +20,7 @@ def get_sampler(name: str):
 
 __all__ = [
     "SAMPLERS",
+    "SPACINGS",
     "cfg_combine",
     "ddim_invert",
     "ddim_sample",
@@ -28,5 +30,6 @@ __all__ = [
     "dpmpp_2m_sample",
     "get_sampler",
     "guided_model_fn",
+    "solver_timesteps",
     "unipc_sample",
 ]
