@@ -307,7 +307,15 @@ class LitModel(RockgenModule):
 
     def configure_optimizers(self):
         conf = self.latent_conf.optim if self.stage.name == "latent" else self.optim_conf
-        return build_optimizer(self.stage.trainable(self).parameters(), conf, trainer_precision(self))
+        params = self.stage.trainable(self).parameters()
+        if self.stage.name == "autoenc" and conf.encoder_lr_scale != 1.0:
+            # the encoder learns only through the decoder's loss: its own (larger) step size
+            enc_lr = conf.lr * conf.encoder_lr_scale
+            params = [
+                {"params": self.model.decoder.parameters()},
+                {"params": self.model.encoder.parameters(), "lr": enc_lr},
+            ]
+        return build_optimizer(params, conf, trainer_precision(self))
 
     def on_validation_epoch_start(self) -> None:
         self.stage.on_validation_epoch_start(self)
