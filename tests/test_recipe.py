@@ -175,3 +175,27 @@ def test_optimizer_accepts_param_groups_with_their_own_lr():
     opt = build_optimizer([{"params": [a, frozen]}, {"params": [b], "lr": 1.0}], OptimConf(lr=0.1))["optimizer"]
     assert [g["lr"] for g in opt.param_groups] == [0.1, 1.0]
     assert opt.param_groups[0]["params"] == [a]  # frozen parameters are left out as before
+
+
+def test_z_norm_standardises_z_sem_and_keeps_the_official_keys():
+    from rockgen.models import EncoderConfig
+    from rockgen.models.encoder import SemanticEncoder
+
+    cfg = dict(image_size=16, model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(),
+               out_channels=6, num_heads=1)  # fmt: skip
+    x = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    torch.manual_seed(0)
+    plain = SemanticEncoder(EncoderConfig(**cfg))
+    torch.manual_seed(0)
+    batch = SemanticEncoder(EncoderConfig(**cfg, z_norm="batch")).train()
+    torch.manual_seed(0)
+    layer = SemanticEncoder(EncoderConfig(**cfg, z_norm="layer"))
+    z = plain(x).double()
+    # float64 references: (z − mean) / sqrt(var + 1e-5) over the batch (biased var), resp. over the features
+    ref_b = (z - z.mean(0)) / (z.var(0, unbiased=False) + 1e-5).sqrt()
+    ref_l = (z - z.mean(1, keepdim=True)) / (z.var(1, unbiased=False, keepdim=True) + 1e-5).sqrt()
+    torch.testing.assert_close(batch(x).double(), ref_b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(layer(x).double(), ref_l, rtol=1e-4, atol=1e-4)
+    assert set(plain.state_dict()) == set(layer.state_dict())  # no new weights: official checkpoints still map
+    with pytest.raises(ValueError, match="z_norm"):
+        SemanticEncoder(EncoderConfig(**cfg, z_norm="group"))
