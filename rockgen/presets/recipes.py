@@ -19,10 +19,15 @@ DEMO_EMA = EMAConf(decay=0.999, warmup=True)
 
 
 def demo() -> Preset:
-    """A tiny DiffAE on the embedded demo tiles: ≈ 0.65 s/step on 2 CPU cores, about 6 minutes in all."""
+    """A tiny DiffAE on the embedded demo tiles: ≈ 0.65 s/step on 2 CPU cores, about 6 minutes in all.
+
+    z_sem is standardised over the batch (``model.encoder.z_norm=batch``): without it the encoder's code collapses
+    to a near-constant the decoder uses as a bias (spread over tiles 0.06 of its size at step 500), and a render
+    from z_sem with random x_T keeps not even the tile's mean colour (README, "Training, checkpoints, resume").
+    """
     model = AutoencModel(
         unet_config(DEMO),
-        encoder_config(DEMO),
+        replace(encoder_config(DEMO), z_norm="batch"),
         diffusion=DEMO_DIFFUSION,
         optim=DEMO_OPTIM,
         ema=DEMO_EMA,
