@@ -301,6 +301,11 @@ class LitModel(RockgenModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        dist = torch.distributed
+        if self.stage.name == "autoenc" and dist.is_available() and dist.is_initialized():
+            # z_norm=batch keeps rank-local running statistics: rank 0's keep the ranks (and their EMA) identical
+            for buf in self.model.encoder.z_norm.buffers():
+                dist.broadcast(buf, src=0)
         conf = self.latent_conf.ema if self.stage.name == "latent" else self.ema_conf
         decay = ema_decay(self.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
         ema_update_module_(*self.stage.ema_pair(self), decay)
