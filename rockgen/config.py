@@ -23,6 +23,18 @@ class DiffusionConf:
     prediction: str = "eps"  # eps (DiffAE), x0 or v
     loss: str = "mse"  # mse (images) or l1 (latent DDIM, as the official code)
     clip_x0: bool = True  # clamp x̂0 to [-1, 1] while sampling (images: yes; latents: no)
+    # Where the training loss looks (rockgen.diffusion.weighting); defaults = DDPM/DiffAE (uniform t, no weights).
+    timestep_sampler: str = "uniform"  # uniform | power (density ∝ (t/T)^timestep_power) | high (see below)
+    timestep_power: float = 1.0
+    timestep_high_fraction: float = 0.5  # high: this fraction of the batch at t ≥ timestep_high_from·T
+    timestep_high_from: float = 0.7
+    timestep_importance: bool = False  # weight losses by (1/T)/p(t): the uniform-t objective, other samples
+    loss_weighting: str = "none"  # none | min_snr (Hang et al. 2023) | p2 (Choi et al. 2022)
+    min_snr_gamma: float = 5.0
+    p2_gamma: float = 1.0
+    p2_k: float = 1.0
+    x0_loss_weight: float = 0.0  # + this × ‖x̂0 − x0‖² for samples at t ≥ x0_loss_from·T
+    x0_loss_from: float = 0.7
 
 
 @dataclass
@@ -34,6 +46,7 @@ class OptimConf:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    encoder_lr_scale: float = 1.0  # DiffAE stage 1: the semantic encoder learns at lr × this (a param group)
     # None = auto: torch's fused AdamW kernel on CPU and CUDA (on 2 CPU cores 18x faster than the per-tensor
     # loop for 91 M parameters) under full precision (32-true); off under mixed precision, where Lightning
     # refuses gradient clipping with it. true / false force it.

@@ -50,11 +50,17 @@ def build_optimizer(
 ) -> dict[str, Any]:
     """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps.
 
+    ``params``: parameters, or torch param groups (dicts with ``params`` and optionally their own ``lr``).
     ``precision`` is the Trainer's (``trainer.precision``), for choosing the fused kernel (``conf.fused``).
     """
-    params = [p for p in params if p.requires_grad]
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        flat = [p for g in params for p in g["params"]]
+    else:
+        params = flat = [p for p in params if p.requires_grad]
     kwargs = dict(lr=conf.lr, betas=tuple(conf.betas), weight_decay=conf.weight_decay)
-    fused = conf.fused if conf.fused is not None else fused_supported(params, precision)
+    fused = conf.fused if conf.fused is not None else fused_supported(flat, precision)
     if fused:
         kwargs["fused"] = True
     if conf.name == "adamw":

@@ -327,13 +327,26 @@ class LitModel(RockgenModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        dist = torch.distributed
+        if self.stage.name == "autoenc" and dist.is_available() and dist.is_initialized():
+            # z_norm=batch keeps rank-local running statistics: rank 0's keep the ranks (and their EMA) identical
+            for buf in self.model.encoder.z_norm.buffers():
+                dist.broadcast(buf, src=0)
         conf = self.latent_conf.ema if self.stage.name == "latent" else self.ema_conf
         decay = ema_decay(self.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
         ema_update_module_(*self.stage.ema_pair(self), decay)
 
     def configure_optimizers(self):
         conf = self.latent_conf.optim if self.stage.name == "latent" else self.optim_conf
-        return build_optimizer(self.stage.trainable(self).parameters(), conf, trainer_precision(self))
+        params = self.stage.trainable(self).parameters()
+        if self.stage.name == "autoenc" and conf.encoder_lr_scale != 1.0:
+            # the encoder learns only through the decoder's loss: its own (larger) step size
+            enc_lr = conf.lr * conf.encoder_lr_scale
+            params = [
+                {"params": self.model.decoder.parameters()},
+                {"params": self.model.encoder.parameters(), "lr": enc_lr},
+            ]
+        return build_optimizer(params, conf, trainer_precision(self))
 
     def on_validation_epoch_start(self) -> None:
         self.stage.on_validation_epoch_start(self)

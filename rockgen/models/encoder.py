@@ -4,7 +4,8 @@ Re-implements the official `BeatGANsEncoderModel` with `use_time_condition=False
 `'adaptivenonzero'` (phizaz/diffae `model/unet.py:377-535`). Because the official ResBlock only builds its
 `out_layers` when it has a condition, every encoder ResBlock is a single-conv block x + conv3x3(SiLU(GN(x)));
 we reproduce that so official encoder weights load under the same names (`input_blocks.*`, `middle_block.*`,
-`out.3.*`). There is no regulariser and no normalisation on z_sem: it is whatever the last 1x1 conv outputs.
+`out.3.*`). Official: no regulariser and no normalisation on z_sem (it is whatever the last 1x1 conv outputs);
+``z_norm`` optionally standardises it (rockgen, see EncoderConfig).
 
 Usage:
     enc = SemanticEncoder(EncoderConfig(image_size=64))
@@ -39,6 +40,13 @@ class EncoderConfig:
     num_heads: int = 1
     resblock_updown: bool = True
     gradient_checkpointing: bool = False
+    # rockgen: normalisation of z_sem. none (official) | batch: each dimension standardised over the batch
+    # (BatchNorm1d without affine; running statistics in eval), so z_sem cannot collapse to a constant the decoder
+    # uses as a bias | layer: each code standardised over its dimensions (LayerNorm without affine).
+    z_norm: str = "none"
+
+
+Z_NORMS = ("none", "batch", "layer")
 
 
 class SemanticEncoder(nn.Module):
@@ -54,6 +62,8 @@ class SemanticEncoder(nn.Module):
                 raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        if cfg.z_norm not in Z_NORMS:
+            raise ValueError(f"EncoderConfig.z_norm must be one of {Z_NORMS}, got {cfg.z_norm!r}")
         self.cfg = cfg = replace(cfg, channel_mult=mult, attention_resolutions=attn)
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
@@ -78,6 +88,12 @@ class SemanticEncoder(nn.Module):
             nn.Conv2d(ch, cfg.out_channels, 1),
             nn.Flatten(),  # (B, out_channels)
         )
+        # a separate attribute (not out.5) keeps the official key layout; Identity holds no state
+        self.z_norm = {
+            "none": nn.Identity(),
+            "batch": nn.BatchNorm1d(cfg.out_channels, affine=False),
+            "layer": nn.LayerNorm(cfg.out_channels, elementwise_affine=False),
+        }[cfg.z_norm]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [-1, 1] -> z_sem (B, out_channels)."""
@@ -86,4 +102,4 @@ class SemanticEncoder(nn.Module):
         for block in self.input_blocks:
             h = run_block(block, h, None, None, ckpt)
         h = run_block(self.middle_block, h, None, None, ckpt)
-        return self.out(h)
+        return self.z_norm(self.out(h))

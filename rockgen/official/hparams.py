@@ -253,6 +253,11 @@ def official_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
         raise OfficialImportError(
             f"the official DiffAE code saves only ε-prediction models; this one predicts {diff['prediction']!r}"
         )
+    if enc.get("z_norm", "none") != "none":
+        raise OfficialImportError(
+            "the official DiffAE encoder has no z_sem normalisation; "
+            f"this one has model.encoder.z_norm={enc['z_norm']!r}"
+        )
     T = int(diff.get("num_timesteps", 1000))
     hp: dict[str, Any] = {
         "img_size": unet["image_size"],
