@@ -42,9 +42,12 @@ class ReconstructionEvaluator:
             }
         if self.conf.kid and self.distribution is None:
             self.distribution = _distribution_metrics(self.conf.kid_subset_size) or {}  # {}: warned once
-        for metric in [*self.metrics.values(), *(self.distribution or {}).values()]:
+        scores = [v for k, v in (self.distribution or {}).items() if k != "feature"]
+        for metric in [*self.metrics.values(), *scores]:
             metric.to(module.device)
             metric.reset()
+        if self.distribution:
+            self.distribution["feature"].to(module.device)
         self._seen = 0
         self._grid = None
 
@@ -64,9 +67,12 @@ class ReconstructionEvaluator:
                 rec = ((ddim_sample(fn, x_T, module.schedule, T, **kw).float() + 1) / 2).clamp(0, 1)
                 self.metrics[f"{mode}_T{T}"].update(rec, target)
                 rows[mode] = rec
-        for metric in (self.distribution or {}).values():
-            metric.update(target, real=True)
-            metric.update(rows["random" if "random" in rows else self.modes[0]], real=False)
+        if self.distribution:  # Inception features once per image, shared by FID and KID
+            feature = self.distribution["feature"]
+            real, fake = feature(target), feature(rows["random" if "random" in rows else self.modes[0]])
+            for key in ("fid", "kid"):
+                self.distribution[key].update(real.double(), real=True)
+                self.distribution[key].update(fake.double(), real=False)
         self._seen += x.shape[0]
         if module.global_rank == 0:
             self._keep_for_grid(module, [target, *rows.values()], batch_idx)
@@ -122,16 +128,17 @@ def _distribution_metrics(subset_size: int) -> dict[str, torch.nn.Module] | None
     from torchmetrics.image.kid import KernelInceptionDistance
 
     from rockgen.metrics import fid_unavailable_reason
-    from rockgen.metrics.fid import InceptionFeatures
+    from rockgen.metrics.fid import InceptionFeatures, Precomputed
 
     reason = fid_unavailable_reason()
     if reason:
         warnings.warn(f"model.evaluation.kid=true: FID/KID left out of validation. {reason}", stacklevel=2)
         return None
     feature = InceptionFeatures()
-    return {
-        "fid": FrechetInceptionDistance(feature=feature),
-        "kid": KernelInceptionDistance(feature=feature, subset_size=subset_size),
+    return {  # the metrics take the features computed once in update() (an identity as their extractor)
+        "feature": feature,
+        "fid": FrechetInceptionDistance(feature=Precomputed(feature.num_features)).double(),
+        "kid": KernelInceptionDistance(feature=Precomputed(feature.num_features), subset_size=subset_size).double(),
     }
 
 

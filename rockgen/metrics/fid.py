@@ -73,7 +73,7 @@ def fid_unavailable_reason() -> str | None:
     return None
 
 
-class _Precomputed(nn.Module):
+class Precomputed(nn.Module):
     """Identity 'feature extractor': the metrics receive features already computed once by ``feature``."""
 
     def __init__(self, num_features: int) -> None:
@@ -147,12 +147,12 @@ class DistributionScores:
         n = min(len(real), len(fake))
         if n < 2:
             raise ValueError(f"FID/KID need at least 2 real and 2 generated images, got {len(real)} and {len(fake)}")
-        fid = FrechetInceptionDistance(feature=_Precomputed(self.feature_dim), normalize=True).double()
+        fid = FrechetInceptionDistance(feature=Precomputed(self.feature_dim), normalize=True).double()
         fid.update(real, real=True)
         fid.update(fake, real=False)
         torch.manual_seed(seed)  # KID draws its subsets with torch's global generator
         kid = KernelInceptionDistance(
-            feature=_Precomputed(self.feature_dim), subset_size=min(self.subset_size, n), subsets=self.subsets
+            feature=Precomputed(self.feature_dim), subset_size=min(self.subset_size, n), subsets=self.subsets
         ).double()
         kid.update(real, real=True)
         kid.update(fake, real=False)
