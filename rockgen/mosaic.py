@@ -4,8 +4,8 @@ Bar-Tal et al. 2023 ("MultiDiffusion"): the canvas x_t (1, C, H, W) is one diffu
 every window w (a win×win crop) gets the network output o_w = f(x_t[w], t, z_w), and the canvas output is the
 weighted average  o(p) = Σ_w m_w(p) o_w(p) / Σ_w m_w(p)  — the least-squares fusion of the windows'
 predictions. ε̂, x̂_0 and v are affine in the network output at fixed (x_t, t), so fusing the output fuses
-x̂_0 too, and any sampler over ``model_fn(x_t, t)`` (DDIM here) then steps the whole canvas. The weights m_w
-taper to a small floor over the overlap (a raised cosine), so no window edge shows.
+x̂_0 too, and any sampler over ``model_fn(x_t, t)`` (DDIM, DPM-Solver++, UniPC) then steps the whole canvas.
+The weights m_w taper to a small floor over the overlap (a raised cosine), so no window edge shows.
 
 Memory: network activations exist only for ``window_batch`` windows at a time; the canvas state and the
 fused output are (1, C, H, W) float32 each (an 8192² RGB canvas: 0.8 GB per tensor).
@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
-from rockgen.samplers.ddim import _abar_at, _predict, ddim_step, ddim_timesteps
+from rockgen.samplers import get_sampler, solver_options
 
 WindowFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x (n,C,w,w), t (n,), idx (n,))
 
@@ -158,37 +158,46 @@ def sample_mosaic(
     schedule: Schedule,
     num_steps: int,
     *,
-    clip_x0: bool = True,
-    prediction: str = "eps",
+    sampler: str = "ddim",
     state_path: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
+    **solver_kw,
 ) -> torch.Tensor:
-    """DDIM over the canvas x_T (1, C, H, W) → x_0, saving (step, x_t) to ``state_path`` after every step.
+    """``sampler`` (ddim | dpmpp_2m | dpmpp_3m | unipc) over the canvas x_T (1, C, H, W) → x_0.
 
-    If ``state_path`` holds a partial state with the same ``meta`` (shape, steps, seed, checkpoint ...), the
-    loop resumes after its last finished step and gives exactly the uninterrupted result (DDIM with η = 0 is a
-    deterministic map of x_t alone).
+    The solver state goes to ``state_path`` after every step; if that file holds a partial state with the same
+    ``meta`` (shape, steps, sampler, seed, checkpoint ...), the loop resumes after its last finished step and
+    gives exactly the uninterrupted result (the solvers are deterministic maps of their state).
+    ``solver_kw``: clip_x0, prediction, spacing (multistep solvers).
     """
-    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
-    x, start = x_T, len(steps) - 1
     path = Path(state_path) if state_path is not None else None
+    meta = {**(meta or {}), "sampler": sampler}
+    resume = None
     if path is not None and path.is_file():
-        st = torch.load(path, map_location=x_T.device, weights_only=True)
-        if st.get("meta") != (meta or {}):
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if st.get("meta") != meta:
             raise ValueError(
                 f"{path} is a partial mosaic of other settings ({st.get('meta')}); delete it or use overwrite=true"
             )
-        x, start = st["x"].to(x_T.device), int(st["next"])
-    for i in tqdm(range(start, -1, -1), total=len(steps), initial=len(steps) - 1 - start, desc="mosaic",
-                  disable=not progress):  # fmt: skip
-        t, s = steps[i], steps[i - 1] if i > 0 else -1
-        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
-        eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
-        x = ddim_step(eps, x0, a_t, a_s)
+        resume = st["state"]
+
+    def save(state: dict) -> None:
         if path is not None:
-            _save_state(path, {"x": x.cpu(), "next": i - 1, "meta": meta or {}})
-    return x
+            _save_state(path, {"state": _to_cpu(state), "meta": meta})
+
+    return get_sampler(sampler)(
+        model_fn, x_T, schedule, num_steps, progress=progress, resume=resume, on_state=save, **solver_kw
+    )
+
+
+def _to_cpu(state: dict) -> dict:
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.cpu()
+        return [move(u) for u in v] if isinstance(v, list) else v
+
+    return {k: move(v) for k, v in state.items()}
 
 
 Z_SEM_MODES = ("shared", "field")
@@ -245,6 +254,8 @@ def diffae_mosaic(
     window: int | None = None,
     overlap: int | None = None,
     window_batch: int = 16,
+    sampler: str = "ddim",
+    spacing: str | None = None,
     state_path: str | Path | None = None,
     meta: dict | None = None,
     progress: bool = True,
@@ -253,8 +264,10 @@ def diffae_mosaic(
     """A (1, 3, height, width) mosaic in [-1, 1] from a DiffAE's EMA decoder, and its window layout.
 
     ``seed`` draws the codes (:func:`window_codes`) and then x_T; window = the model's tile, overlap = window/4
-    by default; ``state_path``/``meta``: resumable, as :func:`sample_mosaic`.
+    by default; ``sampler``/``spacing``: the image solver (T steps); ``state_path``/``meta``: resumable, as
+    :func:`sample_mosaic`.
     """
+    solver = solver_options(sampler, spacing)  # a bad name fails before any work
     window = int(window or model.image_size)
     overlap = int(overlap if overlap is not None else window // 4)
     dec = model.ema_model.decoder
@@ -270,7 +283,7 @@ def diffae_mosaic(
     x_T = torch.randn(1, 3, height, width, generator=gen)
     d = model.diffusion_conf
     x0 = sample_mosaic(
-        mosaic, x_T.to(model.device), model.schedule, int(T), clip_x0=d.clip_x0, prediction=d.prediction,
-        state_path=state_path, meta=meta, progress=progress,
+        mosaic, x_T.to(model.device), model.schedule, int(T), sampler=sampler, clip_x0=d.clip_x0,
+        prediction=d.prediction, state_path=state_path, meta=meta, progress=progress, **solver,
     )  # fmt: skip
     return x0, mosaic

@@ -1,11 +1,12 @@
 """Quality per step of the image samplers: distance of an N-step sample to the DDIM-200 sample from the same
 x_T and z_sem (the issue's metric), and to a 1000-step DDIM sample (every training step: x_T at t = 999, as the
 fast samplers' default spacing has it), on a trained DiffAE checkpoint (z_sem encoded from held-out demo
-tiles, so no latent stage is needed). DDIM runs on its kept steps; DPM-Solver++(2M) and UniPC on each
-``--spacings`` rule (``rockgen.samplers.spacing``). Writes ``<out>/samplers.json`` and ``<out>/samplers.png``
-(one labelled row per render: the references, then each sampler/spacing/steps).
+tiles, so no latent stage is needed). DDIM runs on its kept steps; each of ``--solvers`` (DPM-Solver++(2M,
+3M), UniPC) on each ``--spacings`` rule (``rockgen.samplers.spacing``). Writes ``<out>/samplers.json`` and
+``<out>/samplers.png`` (one labelled row per render: the references, then each sampler/spacing/steps).
 
     python scripts/bench_samplers.py CKPT [--out DIR] [--n 8] [--steps 5 10 20 50] [--spacings ddim logsnr]
+                                     [--solvers dpmpp_2m ...]
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rockgen.data.demo import generate_demo_tiles  # noqa: E402
 from rockgen.lit.checkpoint import load_checkpoint_module  # noqa: E402
-from rockgen.samplers import SPACINGS, get_sampler  # noqa: E402
+from rockgen.samplers import SAMPLERS, SPACINGS, get_sampler  # noqa: E402
 from rockgen.visual import to_uint8  # noqa: E402
 
 KINDS = ("cobbles", "layered", "fractured", "gravel", "granite")
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ref", type=int, default=200, help="DDIM steps of the issue's reference")
     ap.add_argument("--ref2", type=int, default=1000, help="DDIM steps of the second reference (0: none)")
     ap.add_argument("--spacings", nargs="+", default=["ddim", "logsnr"], choices=SPACINGS)
+    ap.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "dpmpp_3m", "unipc"], choices=sorted(SAMPLERS))
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     model = load_checkpoint_module(args.ckpt).eval()
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.ref2:
         refs[f"ddim-{args.ref2}"] = render("ddim", args.ref2, None)
     ref_names = list(refs)
-    configs = [("ddim", None)] + [(m, sp) for sp in args.spacings for m in ("dpmpp_2m", "unipc")]
+    configs = [("ddim", None)] + [(m, sp) for sp in args.spacings for m in args.solvers if m != "ddim"]
     rows, table = [(f"ref {k}", v) for k, v in refs.items()], {}
     if args.ref2:
         table["ref_agreement"] = {"rmse": float(_rmse(refs[ref_names[0]], refs[ref_names[1]]).mean())}

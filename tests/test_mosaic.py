@@ -5,7 +5,7 @@ import torch
 
 from rockgen.diffusion import Schedule
 from rockgen.mosaic import MosaicModel, field_codes, sample_mosaic, window_origins, window_weight
-from rockgen.samplers import ddim_sample
+from rockgen.samplers import get_sampler
 
 
 def test_window_origins_cover_with_the_overlap():
@@ -57,12 +57,14 @@ def _gauss_fn(schedule):
     return fn
 
 
-def test_mosaic_of_a_pointwise_model_equals_whole_canvas_ddim_and_resumes(tmp_path):
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "unipc"])
+def test_mosaic_of_a_pointwise_model_equals_whole_canvas_sampling_and_resumes(tmp_path, sampler):
     sch = Schedule.from_config("linear", 1000)
     fn = _gauss_fn(sch)
     x_T = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(0))
-    ref = ddim_sample(lambda x, t: fn(x, t, None), x_T, sch, 6, clip_x0=True)
-    full = sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, progress=False)
+    ref = get_sampler(sampler)(lambda x, t: fn(x, t, None), x_T, sch, 6, clip_x0=True)
+    kw = dict(sampler=sampler, progress=False)
+    full = sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, **kw)
     torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
 
     calls = {"n": 0}
@@ -76,12 +78,15 @@ def test_mosaic_of_a_pointwise_model_equals_whole_canvas_ddim_and_resumes(tmp_pa
     state = tmp_path / "m.partial.pt"
     with pytest.raises(KeyboardInterrupt):
         sample_mosaic(MosaicModel(crashing, 40, 56, 16, 4, window_batch=9), x_T, sch, 6, state_path=state,
-                      meta={"k": 1}, progress=False)  # fmt: skip
-    assert torch.load(state, weights_only=True)["next"] == 2
+                      meta={"k": 1}, **kw)  # fmt: skip
+    saved = torch.load(state, weights_only=True)["state"]
+    assert saved["sampler"] == sampler and saved["next"] == (2 if sampler == "ddim" else 3)  # 3 steps done
     with pytest.raises(ValueError, match="partial mosaic of other settings"):
-        sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, state_path=state, meta={"k": 2}, progress=False)
-    resumed = sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, state_path=state, meta={"k": 1},
-                            progress=False)  # fmt: skip
+        sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, state_path=state, meta={"k": 2}, **kw)
+    other = "unipc" if sampler != "unipc" else "ddim"
+    with pytest.raises(ValueError, match="partial mosaic of other settings"):
+        sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, state_path=state, meta={"k": 1}, sampler=other)
+    resumed = sample_mosaic(MosaicModel(fn, 40, 56, 16, 4), x_T, sch, 6, state_path=state, meta={"k": 1}, **kw)
     torch.testing.assert_close(resumed, ref, atol=1e-5, rtol=1e-5)
 
 

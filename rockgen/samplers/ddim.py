@@ -85,20 +85,34 @@ def ddim_sample(
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
     grad: bool = False,
+    resume: dict | None = None,
+    on_state: Callable[[dict], None] | None = None,
 ) -> torch.Tensor:
     """DDIM sampling from x_T (taken to be at the last kept step) down to x_0 (Song et al. 2021).
 
     x (B, ...) noise; returns x_0 (B, ...) in the network's data range ([-1, 1] for images). ``grad=True``
     records the autograd graph through every step (differentiable sampling, e.g. optimising x_T or z_sem);
     otherwise it runs under ``no_grad``. ``callback(i, x, x0)`` after each step may raise to stop early.
+    ``on_state(state)`` after each step gets everything the rest of the loop needs; ``resume=state`` continues
+    from it and gives the uninterrupted result exactly (η = 0 only: the noise of η > 0 is not replayed).
     """
+    if (resume is not None or on_state is not None) and eta > 0:
+        raise ValueError("resumable DDIM needs eta=0 (the noise drawn with eta > 0 is not part of the state)")
     with torch.enable_grad() if grad else torch.no_grad():
-        return _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback)
+        return _ddim_loop(
+            model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback, resume, on_state
+        )
 
 
-def _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback):
+def _ddim_loop(
+    model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback, resume, on_state
+):
     steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
-    for i in tqdm(range(len(steps) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
+    start = len(steps) - 1
+    if resume is not None:
+        x, start = check_resume(resume, "ddim", x)["x"], int(resume["next"])
+    for i in tqdm(range(start, -1, -1), total=len(steps), initial=len(steps) - 1 - start, desc="DDIM",
+                  disable=not progress, leave=False):  # fmt: skip
         t, s = steps[i], steps[i - 1] if i > 0 else -1
         a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
         eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
@@ -106,9 +120,26 @@ def _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, gener
         if eta > 0 and s >= 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x = ddim_step(eps, x0, a_t, a_s, eta if s >= 0 else 0.0, noise)
+        if on_state is not None:
+            on_state({"sampler": "ddim", "next": i - 1, "x": x})
         if callback is not None:
             callback(i, x, x0)
     return x
+
+
+def check_resume(state: dict, sampler: str, x: torch.Tensor) -> dict:
+    """``state`` (from a sampler's ``on_state``) moved to x's device, after checking it belongs to ``sampler``."""
+    if state.get("sampler") != sampler:
+        raise ValueError(f"cannot resume sampler={sampler} from a state of sampler={state.get('sampler')}")
+    if tuple(state["x"].shape) != tuple(x.shape):
+        raise ValueError(f"cannot resume: the saved state is {tuple(state['x'].shape)}, x_T is {tuple(x.shape)}")
+
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device=x.device, dtype=x.dtype)
+        return [move(u) for u in v] if isinstance(v, list) else v
+
+    return {k: move(v) for k, v in state.items()}
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Fast multistep ODE samplers in data-prediction form: DPM-Solver++(2M) and UniPC-bh2 (order 2).
+"""Fast multistep ODE samplers in data-prediction form: DPM-Solver++(2M, 3M) and UniPC-bh2 (order 2).
 
 Both are pure functions over ``model_fn(x_t, t)`` like ``ddim_sample``: N network calls at the steps of a
 ``spacing`` rule (``rockgen.samplers.spacing``), then a last step onto x_0 where σ = 0. The default,
@@ -13,6 +13,9 @@ prediction (clamped with ``clip_x0``):
 * DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Alg. 2, midpoint form as diffusers):
   x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) D,  D = x̂_0(t) + (x̂_0(t) − x̂_0(t_prev)) / (2 r),  r = h_prev/h;
   the first step (no history) and the last step (to σ = 0) are first order (= DDIM).
+* DPM-Solver++(3M) (same paper, third-order multistep as diffusers' ``solver_order=3``): with r₀, r₁ the two
+  previous λ-steps over h, D₁ = D₁,₀ + r₀/(r₀+r₁)(D₁,₀ − D₁,₁), D₂ = (D₁,₀ − D₁,₁)/(r₀+r₁), D₁,ₖ the divided
+  x̂_0 differences: x_s = (σ_s/σ_t) x_t − α_s(e^{−h}−1) x̂_0 + α_s((e^{−h}−1)/h + 1) D₁ − α_s((e^{−h}−1+h)/h² − ½) D₂.
 * UniPC (Zhao et al. 2023, "UniPC", Alg. 1 with B(h) = e^{−h} − 1, "bh2"): the UniP-2 predictor above with
   ρ = ½ on D₁ = (x̂_0(t_prev) − x̂_0(t))/r, and the UniC corrector, which re-does the previous step once the
   network has been evaluated at its result — using that evaluation, so it costs no extra network call.
@@ -31,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
-from rockgen.samplers.ddim import ModelFn, _abar_at, _predict
+from rockgen.samplers.ddim import ModelFn, _abar_at, _predict, check_resume
 from rockgen.samplers.spacing import solver_timesteps
 
 
@@ -54,38 +57,80 @@ def _first_order(x: torch.Tensor, x0: torch.Tensor, a_t: float, a_s: float) -> t
     return ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * x0, h
 
 
+def dpmpp_2m_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, **kw) -> torch.Tensor:
+    """DPM-Solver++(2M) from x_T (B, ...) at the first step of ``spacing`` down to x_0 (B, ...); N network calls."""
+    return _dpmpp_sample(model_fn, x, schedule, num_steps, order=2, name="dpmpp_2m", **kw)
+
+
+def dpmpp_3m_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, **kw) -> torch.Tensor:
+    """DPM-Solver++(3M) (Lu et al. 2022, §B, third-order multistep): like 2M, one more x̂_0 of history."""
+    return _dpmpp_sample(model_fn, x, schedule, num_steps, order=3, name="dpmpp_3m", **kw)
+
+
+def _dpmpp_update(x, x0s, lams, a_t, a_s, order):
+    """One DPM-Solver++ step t → s of the given order from x̂_0 history ``x0s`` (newest last) at λ ``lams``."""
+    base, h = _first_order(x, x0s[-1], a_t, a_s)
+    if order == 1:
+        return base
+    alpha_s = a_s**0.5
+    m0, m1 = x0s[-1], x0s[-2]
+    r0 = (lams[-1] - lams[-2]) / h
+    if order == 2:  # midpoint form: D = x̂_0 + (x̂_0 − x̂_0,prev)/(2 r0)
+        return base - alpha_s * math.expm1(-h) * (m0 - m1) / (2.0 * r0)
+    r1 = (lams[-2] - lams[-3]) / h
+    d1_0, d1_1 = (m0 - m1) / r0, (m1 - x0s[-3]) / r1
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    e = math.expm1(-h)
+    return base + alpha_s * (e / h + 1.0) * d1 - alpha_s * ((e + h) / h**2 - 0.5) * d2
+
+
 @torch.no_grad()
-def dpmpp_2m_sample(
+def _dpmpp_sample(
     model_fn: ModelFn,
     x: torch.Tensor,
     schedule: Schedule,
     num_steps: int,
     *,
+    order: int,
+    name: str,
     clip_x0: bool = True,
     prediction: str = "eps",
     spacing: str = "logsnr",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    resume: dict | None = None,
+    on_state: Callable[[dict], None] | None = None,
     **unused,
 ) -> torch.Tensor:
-    """DPM-Solver++(2M) from x_T (B, ...) at the first step of ``spacing`` down to x_0 (B, ...); N network calls.
+    """DPM-Solver++ of ``order`` (2 or 3) with diffusers' warm-up and final-step rules (lower_order_final).
 
-    ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``.
+    ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``; ``on_state`` /
+    ``resume``: the solver state (x and the x̂_0 history) after each step, to continue exactly (as DDIM's).
     """
-    _reject_stochastic(unused, "dpmpp_2m")
+    _reject_stochastic(unused, name)
     ts, abar = _grid(schedule, num_steps, spacing)
-    n = len(ts)
-    x0_prev, h_prev = None, None
-    for i in tqdm(range(n), desc="DPM-Solver++", disable=not progress, leave=False):
+    n, start = len(ts), 0
+    x0s: list[torch.Tensor] = []
+    lams: list[float] = []
+    if resume is not None:
+        st = check_resume(resume, name, x)
+        x, start, x0s, lams = st["x"], int(st["next"]), st["x0s"], list(st["lams"])
+    for i in tqdm(range(start, n), total=n, initial=start, desc=f"DPM-Solver++({order}M)", disable=not progress,
+                  leave=False):  # fmt: skip
         a_t, a_s = abar[i], abar[i + 1]
         _, x0 = _predict(model_fn, x, ts[i], a_t, prediction, clip_x0)
-        if x0_prev is None or a_s >= 1.0:  # warm-up step and the step onto σ = 0 are first order
-            x_new, h = _first_order(x, x0, a_t, a_s)
-        else:
-            h = _lam(a_s) - _lam(a_t)
-            d = x0 + (x0 - x0_prev) * (h / (2.0 * h_prev))  # (1/(2r))(x̂_0 − x̂_0,prev), r = h_prev/h
-            x_new = ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * d
-        x, x0_prev, h_prev = x_new, x0, h
+        x0s, lams = (x0s + [x0])[-order:], (lams + [_lam(a_t)])[-order:]
+        # warm-up from first order; the step onto σ = 0 is first order, the one before it at most second order
+        # for short runs (diffusers: final_sigmas_type="zero", lower_order_final with N < 15)
+        step_order = min(order, i + 1)
+        if a_s >= 1.0:
+            step_order = 1
+        elif i == n - 2 and n < 15:
+            step_order = min(step_order, 2)
+        x = _dpmpp_update(x, x0s, lams, a_t, a_s, step_order)
+        if on_state is not None:
+            on_state({"sampler": name, "next": i + 1, "x": x, "x0s": list(x0s), "lams": list(lams)})
         if callback is not None:
             callback(n - 1 - i, x, x0)
     return x
@@ -118,16 +163,25 @@ def unipc_sample(
     spacing: str = "logsnr",
     progress: bool = False,
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    resume: dict | None = None,
+    on_state: Callable[[dict], None] | None = None,
     **unused,
 ) -> torch.Tensor:
-    """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls."""
+    """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls.
+
+    ``callback``, ``on_state`` / ``resume`` as :func:`dpmpp_2m_sample` (the state adds the corrector's inputs).
+    """
     _reject_stochastic(unused, "unipc")
     ts, abar = _grid(schedule, num_steps, spacing)
     lam = [_lam(a) for a in abar]
-    n = len(ts)
+    n, start = len(ts), 0
     hist: list[torch.Tensor] = []  # x̂_0 at the kept steps visited so far (last two used)
     x_last, order_last = None, 0
-    for i in tqdm(range(n), desc="UniPC", disable=not progress, leave=False):
+    if resume is not None:
+        st = check_resume(resume, "unipc", x)
+        x, start, hist, order_last = st["x"], int(st["next"]), st["hist"], int(st["order_last"])
+        x_last = st["x_last"]
+    for i in tqdm(range(start, n), total=n, initial=start, desc="UniPC", disable=not progress, leave=False):
         _, x0 = _predict(model_fn, x, ts[i], abar[i], prediction, clip_x0)
         if x_last is not None:
             # UniC: redo step i−1 → i from x_last with the new evaluation x̂_0(t_i) (no extra network call).
@@ -150,6 +204,9 @@ def unipc_sample(
             rk = (lam[i - 1] - lam[i]) / h
             base, _ = _first_order(x, x0, abar[i], abar[i + 1])
             x = base - abar[i + 1] ** 0.5 * math.expm1(-h) * 0.5 * (hist[-2] - x0) / rk
+        if on_state is not None:
+            state = {"sampler": "unipc", "next": i + 1, "x": x, "hist": list(hist), "order_last": order_last}
+            on_state({**state, "x_last": x_last})
         if callback is not None:
             callback(n - 1 - i, x, x0)
     return x

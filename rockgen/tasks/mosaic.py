@@ -25,6 +25,7 @@ from PIL import Image
 
 from rockgen.lit.checkpoint import load_checkpoint_module
 from rockgen.mosaic import MosaicModel, diffae_mosaic, window_codes, window_origins
+from rockgen.samplers import solver_options
 from rockgen.visual import to_uint8
 
 EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0  # EPSG:3857 world width
@@ -104,6 +105,8 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     for path in [out] + [gis_out[k] for k in sorted(kinds - {"png"})]:
         if path.exists() and not cfg.overwrite:
             raise FileExistsError(f"{path} exists: choose another run_name or set overwrite=true")
+    sampler, spacing = str(cfg.get("sampler") or "ddim"), cfg.get("spacing")
+    solver_options(sampler, spacing)  # a bad sampler or spacing fails before the checkpoint is read
     if cfg.window is not None:  # settings errors before the checkpoint is read
         window_origins(height, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
         window_origins(width, int(cfg.window), int(cfg.overlap if cfg.overlap is not None else cfg.window // 4))
@@ -115,12 +118,13 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(
         ckpt=str(cfg.ckpt_path), height=height, width=width, window=window, overlap=overlap, T=int(cfg.T),
-        seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image),
+        seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image), spacing=spacing,
     )  # fmt: skip
     x0, mosaic = diffae_mosaic(
         model, height, width, int(cfg.T), seed=int(cfg.seed), z_sem=cfg.z_sem, z_tile=_z_tile(model, cfg),
         T_latent=cfg.T_latent, anchor_every=int(cfg.anchor_every), window=window, overlap=overlap,
-        window_batch=int(cfg.window_batch), state_path=run_dir / "mosaic.partial.pt", meta=meta,
+        window_batch=int(cfg.window_batch), sampler=sampler, spacing=spacing,
+        state_path=run_dir / "mosaic.partial.pt", meta=meta,
         source=str(cfg.ckpt_path),
     )  # fmt: skip
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
