@@ -21,7 +21,8 @@ pytest.importorskip("rasterio", reason="output=xyz needs the 'geo' extra (raster
 morecantile = pytest.importorskip("morecantile", reason="output=xyz needs the 'geo' extra (rasterio, morecantile)")
 
 from rockgen.gis import write_geotiff  # noqa: E402
-from rockgen.tasks.mosaic import mosaic_task, output_kinds  # noqa: E402
+from rockgen.tasks.gis_output import output_kinds  # noqa: E402
+from rockgen.tasks.mosaic import mosaic_task  # noqa: E402
 from rockgen.xyz import default_min_zoom, downsample_rgba, write_xyz  # noqa: E402
 
 TMS = morecantile.tms.get("WebMercatorQuad")

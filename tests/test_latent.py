@@ -228,3 +228,42 @@ def test_latent_training_order_is_sharded_and_world_size_independent(tmp_path):
 
     one, two = first_global_batch(1), first_global_batch(2)
     assert one == two and len(one) == 8 and all(r % 10 != 9 for r in one)  # every 10th code is validation
+
+
+def test_generate_batch_as_geotiff_and_xyz_sheet(pipeline, tmp_path):
+    rasterio = pytest.importorskip("rasterio", reason="output=geotiff needs the 'geo' extra")
+    import numpy as np
+    from PIL import Image
+
+    from rockgen.gis import tile_origin
+
+    zxy = (23, 4194304, 2796203)
+    over = ["task=generate", f"ckpt_path={pipeline['latent']}", "num_samples=5", "batch_size=2", "T=2",
+            "T_latent=2", "trainer.accelerator=cpu", "output=[geotiff,xyz]", f"zoom={zxy[0]}", f"x={zxy[1]}",
+            f"y={zxy[2]}"]  # fmt: skip
+    res = generate(compose_config(over, tmp_path))
+    run = res["run_dir"]
+    sheet = np.asarray(Image.open(run / "sheet.png"))
+    s = Image.open(res["samples_dir"] / "000000.png").size[0]
+    assert sheet.shape == (2 * s, 3 * s, 3)  # 5 tiles: 2 rows of 3, row by row
+    for i in range(5):
+        r, c = divmod(i, 3)
+        tile = np.asarray(Image.open(res["samples_dir"] / f"{i:06d}.png").convert("RGB"))
+        assert np.array_equal(sheet[r * s : (r + 1) * s, c * s : (c + 1) * s], tile)
+    assert not sheet[s:, 2 * s :].any()  # the empty cell stays black
+    left, top, px = tile_origin(*zxy)
+    with rasterio.open(run / "sheet.tif") as src:
+        assert src.crs.to_epsg() == 3857 and (src.width, src.height) == (3 * s, 2 * s)
+        assert src.bounds.left == pytest.approx(left) and src.bounds.top == pytest.approx(top)
+        assert src.res == pytest.approx((px, px))
+        assert np.array_equal(np.moveaxis(src.read(), 0, 2), sheet)
+    assert (run / "xyz" / "index.html").is_file() and (run / "xyz" / "23" / str(zxy[1]) / f"{zxy[2]}.png").is_file()
+
+
+def test_generate_bad_gis_settings_fail_before_sampling(pipeline, tmp_path):
+    base = ["task=generate", f"ckpt_path={pipeline['latent']}", "num_samples=2", "trainer.accelerator=cpu"]
+    with pytest.raises(ValueError, match="zoom must be an integer in 0..30"):
+        generate(compose_config([*base, "output=geotiff", "zoom=31"], tmp_path / "a"))
+    with pytest.raises(ValueError, match="output must be one of"):
+        generate(compose_config([*base, "output=jpeg"], tmp_path / "b"))
+    assert not (tmp_path / "a" / "samples").exists() and not (tmp_path / "b" / "samples").exists()

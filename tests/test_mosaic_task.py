@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
+from rockgen.tasks.gis_output import pixel_size_m
 from rockgen.tasks.inpaint import inpaint_task
-from rockgen.tasks.mosaic import _codes, mosaic_size, mosaic_task, pixel_size_m
+from rockgen.tasks.mosaic import _codes, mosaic_size, mosaic_task
 
 
 def _cfg(tmp_path, **kw):

@@ -4,7 +4,9 @@ Batch b holds indices [b·B, (b+1)·B) and is drawn with seed ``seed + b``; rank
 b ≡ r (mod W). So every index is written exactly once (no duplicates, no gaps) and the images do not depend
 on the number of devices. ``target_size`` upscales each tile with Lanczos (the hi-res output path). SIGTERM or
 SIGUSR1 stops between two sampler steps (single process) or batches: the PNGs written are complete,
-``samples.json`` records ``complete: false`` and how many, and the exit status is 143.
+``samples.json`` records ``complete: false`` and how many, and the exit status is 143. ``output=geotiff|xyz``
+also lays the batch out as a near-square sheet (``sheet.png``, row by row) written as a COG / XYZ pyramid with
+its viewer at XYZ tile ``x``, ``y`` of ``zoom`` (``rockgen.tasks.gis_output``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
 from rockgen.precision import resolve_precision
 from rockgen.samplers import get_sampler
 from rockgen.tasks.build import build_callbacks, build_strategy
+from rockgen.tasks.gis_output import GisOutputs
 from rockgen.visual import to_uint8
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: a pre-empted generation (samples.json says how many PNGs are complete)
@@ -95,6 +98,25 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) ->
     return path
 
 
+def sheet_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) of the near-square sheet that lays out n tiles row by row."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def write_sheet(samples_dir: Path, n: int, path: Path) -> np.ndarray:
+    """The n PNGs of ``samples_dir`` laid out row by row without gaps (empty cells black) → ``path``; (H, W, 3)."""
+    rows, cols = sheet_shape(n)
+    tiles = [np.asarray(Image.open(samples_dir / f"{i:06d}.png").convert("RGB")) for i in range(n)]
+    side = tiles[0].shape[0]
+    sheet = np.zeros((rows * side, cols * side, 3), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        sheet[r * side : (r + 1) * side, c * side : (c + 1) * side] = tile
+    Image.fromarray(sheet).save(path)
+    return sheet
+
+
 def check_steps(value: Any, key: str) -> None:
     """A sampler step count: null (the checkpoint's default) or an integer >= 1; the error names the setting."""
     if value is None:
@@ -134,6 +156,9 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("seamless") and "seamless" not in inspect.signature(model.sample).parameters:
         raise ValueError(f"seamless=true needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     run_dir = Path(cfg.paths.run_dir)
+    side = int(cfg.target_size or model.image_size)
+    rows, cols = sheet_shape(int(cfg.num_samples))
+    gis = GisOutputs.plan(cfg, run_dir, "sheet", rows * side, cols * side)  # zoom / tile / files: before work
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = dict(
@@ -176,6 +201,9 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         "sample_kwargs": opts["sample_kwargs"],
     }
     if trainer.is_global_zero:
+        if gis.kinds - {"png"}:
+            sheet = write_sheet(out_dir, int(cfg.num_samples), gis.paths()["png"])
+            manifest["sheet"] = {"file": str(gis.paths()["png"]), "rows": rows, "cols": cols, **gis.write_gis(sheet)}
         (run_dir / "samples.json").write_text(json.dumps(manifest, indent=2) + "\n")
         print(f"Wrote {cfg.num_samples} samples to {out_dir} and a grid to {run_dir / 'grid.png'}", flush=True)
     return {"run_dir": run_dir, "samples_dir": out_dir, "grid": run_dir / "grid.png"}

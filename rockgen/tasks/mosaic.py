@@ -7,15 +7,14 @@
 drawn by the latent DDIM, or encoded from ``z_image``) or a smooth field (``z_sem=field``: codes drawn by the
 latent DDIM at anchors every ``anchor_every`` windows, bicubically interpolated to each window). After every
 step the canvas state goes to ``<run_dir>/mosaic.partial.pt``: rerun with the same ``run_name`` to resume.
-Writes ``<run_dir>/mosaic.png`` and ``mosaic.json``; ``output=geotiff`` adds ``mosaic.tif`` (a COG in EPSG:3857
-with its top-left at XYZ tile ``x``, ``y`` of ``zoom``), ``output=xyz`` the tile pyramid ``xyz/{z}/{x}/{y}.png``
-from ``zoom`` down to ``min_zoom`` with a Leaflet viewer ``xyz/index.html``; ``output=[geotiff,xyz]`` both.
+Writes ``<run_dir>/mosaic.png`` and ``mosaic.json``; ``output=geotiff|xyz|[geotiff,xyz]`` adds ``mosaic.tif`` /
+the ``xyz/`` pyramid with its viewer (``rockgen.tasks.gis_output``). ``sampler=``/``spacing=`` pick the image
+solver (the partial state of a multistep solver holds its history too, so it resumes exactly).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,33 +25,8 @@ from PIL import Image
 from rockgen.lit.checkpoint import load_checkpoint_module
 from rockgen.mosaic import MosaicModel, diffae_mosaic, window_codes, window_origins
 from rockgen.samplers import solver_options
+from rockgen.tasks.gis_output import GisOutputs, pixel_size_m
 from rockgen.visual import to_uint8
-
-EARTH_CIRCUMFERENCE_M = 2 * math.pi * 6378137.0  # EPSG:3857 world width
-
-
-def pixel_size_m(zoom: int) -> float:
-    """Web-Mercator pixel size (m) of 256 px XYZ tiles at ``zoom``."""
-    check_zoom(zoom)
-    return EARTH_CIRCUMFERENCE_M / (256 * 2**zoom)
-
-
-def check_zoom(zoom) -> int:
-    if zoom is None or not 0 <= int(zoom) <= 30 or int(zoom) != zoom:
-        raise ValueError(f"zoom must be an integer in 0..30 (XYZ levels), got {zoom}")
-    return int(zoom)
-
-
-OUTPUTS = ("png", "geotiff", "xyz")  # png (mosaic.png) is always written; the others add GIS files
-
-
-def output_kinds(output) -> set[str]:
-    """``output`` (one of OUTPUTS or a list of them) as a set."""
-    kinds = [output] if isinstance(output, str) else list(output or [])
-    bad = [k for k in kinds if k not in OUTPUTS]
-    if bad or not kinds:
-        raise ValueError(f"output must be one of {'|'.join(OUTPUTS)} or a list of them, got {output!r}")
-    return set(kinds)
 
 
 def mosaic_size(cfg: DictConfig) -> tuple[int, int]:
@@ -87,24 +61,9 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.ckpt_path:
         raise ValueError("task=mosaic needs ckpt_path=<DiffAE checkpoint>")
     height, width = mosaic_size(cfg)
-    kinds = output_kinds(cfg.get("output", "png"))
-    min_zoom = None
-    if kinds & {"geotiff", "xyz"}:
-        from rockgen.gis import tile_origin
-
-        tile_origin(check_zoom(cfg.zoom), int(cfg.x), int(cfg.y))  # bad zoom / tile fails before any work
-    if "xyz" in kinds:
-        from rockgen.xyz import check_min_zoom, check_placement
-
-        check_placement(height, width, int(cfg.zoom), int(cfg.x), int(cfg.y))
-        if cfg.get("min_zoom") is not None:
-            min_zoom = check_min_zoom(cfg.min_zoom, int(cfg.zoom))
     run_dir = Path(cfg.paths.run_dir)
-    out = run_dir / "mosaic.png"
-    gis_out = {"geotiff": run_dir / "mosaic.tif", "xyz": run_dir / "xyz"}
-    for path in [out] + [gis_out[k] for k in sorted(kinds - {"png"})]:
-        if path.exists() and not cfg.overwrite:
-            raise FileExistsError(f"{path} exists: choose another run_name or set overwrite=true")
+    gis = GisOutputs.plan(cfg, run_dir, "mosaic", height, width)  # bad zoom / tile / existing files: before work
+    out = gis.paths()["png"]
     sampler, spacing = str(cfg.get("sampler") or "ddim"), cfg.get("spacing")
     solver_options(sampler, spacing)  # a bad sampler or spacing fails before the checkpoint is read
     if cfg.window is not None:  # settings errors before the checkpoint is read
@@ -130,20 +89,7 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     img = to_uint8(((x0.float() + 1) / 2).clamp(0, 1))[0]
     Image.fromarray(img).save(out)
     info = {**meta, "windows": len(mosaic.origins), "grid": list(mosaic.grid), "file": str(out)}
-    zxy = (int(cfg.zoom), int(cfg.x), int(cfg.y))
-    if "geotiff" in kinds:
-        from rockgen.gis import write_geotiff
-
-        info["geotiff"] = str(write_geotiff(gis_out["geotiff"], img, *zxy, overwrite=cfg.overwrite))
-        print(
-            f"Wrote the Cloud-Optimised GeoTIFF {info['geotiff']} (EPSG:3857, tile {cfg.x},{cfg.y} at zoom {cfg.zoom})"
-        )
-    if "xyz" in kinds:
-        from rockgen.xyz import write_xyz
-
-        info["xyz"] = write_xyz(gis_out["xyz"], img, *zxy, min_zoom=min_zoom, overwrite=cfg.overwrite)
-        levels = f"zooms {info['xyz']['zoom']}..{info['xyz']['min_zoom']}"
-        print(f"Wrote the XYZ pyramid {gis_out['xyz']} ({levels}); open {gis_out['xyz'] / 'index.html'} to view it")
+    info.update(gis.write_gis(img))
     (run_dir / "mosaic.partial.pt").unlink(missing_ok=True)
     (run_dir / "mosaic.json").write_text(json.dumps(info, indent=2) + "\n")
     print(f"Wrote a {width}x{height} mosaic ({len(mosaic.origins)} windows) to {out}", flush=True)
