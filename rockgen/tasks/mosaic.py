@@ -77,7 +77,7 @@ def mosaic_task(cfg: DictConfig) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     meta = dict(
         ckpt=str(cfg.ckpt_path), height=height, width=width, window=window, overlap=overlap, T=int(cfg.T),
-        seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image), spacing=spacing,
+        seed=int(cfg.seed), z_sem=str(cfg.z_sem), z_image=str(cfg.z_image), sampler=sampler, spacing=spacing,
     )  # fmt: skip
     x0, mosaic = diffae_mosaic(
         model, height, width, int(cfg.T), seed=int(cfg.seed), z_sem=cfg.z_sem, z_tile=_z_tile(model, cfg),
