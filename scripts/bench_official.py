@@ -389,6 +389,7 @@ def format_rows(rows: list[dict]) -> str:
     ]
     for r in rows:
         opts = r["rockgen_options"]
+        opts = {**opts, "nchw": opts.get("channels_last") is False}  # channels_last=None: the preset's (on)
         opts = ",".join(k if v is True else f"{k}={v}" for k, v in opts.items() if v not in (None, False, "none"))
         mem = r.get("memory", {}).get("rockgen_over_official")
         cells = "".join(f"{r['ratio'][w]:>10.2f}" if w in r["ratio"] else f"{'-':>10}" for w in WHATS)

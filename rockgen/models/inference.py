@@ -6,10 +6,10 @@ depends on weights only (the sub-pixel tap sums of ``upsample_conv3x3``, the (1 
 once, and Python dispatch disappears. Measured in scripts/bench.py (``--inference freeze``): see README "Speed".
 
 The frozen graph is rebuilt whenever something it baked in changes: input shapes / dtypes / memory format, the
-autocast state, the weights (in-place updates such as the EMA bump a parameter's ``_version``; loading a state
+weights (in-place updates such as the EMA bump a parameter's ``_version``; loading a state
 dict copies into them), the conv padding modes (``rockgen.seamless`` switches them) or the sub-pixel up-sampling
-function. With gradients enabled (``render(grad=True)``) or under a ``torch.compile`` trace it calls the eager
-net. Outputs equal the eager net's up to float rounding (tests/test_speed_levers.py).
+function. With gradients enabled (``render(grad=True)``), under autocast (bf16) or under a ``torch.compile`` trace
+it calls the eager net. Outputs equal the eager net's up to float rounding (tests/test_speed_levers.py).
 """
 
 from __future__ import annotations
@@ -68,14 +68,11 @@ class FrozenNet:
         return tuple((p.data_ptr(), p._version) for p in (*self.net.parameters(), *self.net.buffers()))
 
     def _key_of(self, x, t, cond, cls) -> tuple:
-        dev = x.device.type
-        amp = (torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) if dev in ("cpu", "cuda") else None
         return (
             _signature(x),
             _signature(t),
             _signature(cond),
             _signature(cls),
-            amp,
             tuple(m.padding_mode for m in self._convs),
             blocks.upsample_conv3x3,
             self._weights_key(),
@@ -84,7 +81,12 @@ class FrozenNet:
     def __call__(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, cls: torch.Tensor | None = None
     ) -> torch.Tensor:
-        if torch.is_grad_enabled() or self.net.training or torch.compiler.is_compiling():
+        if (
+            torch.is_grad_enabled()
+            or self.net.training
+            or torch.compiler.is_compiling()
+            or torch.is_autocast_enabled(x.device.type)  # traced casts under autocast: not verified, so eager
+        ):
             return self.net(x, t, cond=cond, cls=cls)
         key = self._key_of(x, t, cond, cls)
         if key != self._key:
