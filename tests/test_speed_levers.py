@@ -1,5 +1,6 @@
-"""Speed levers kept by default give the NCHW eager path's outputs (fp32, 1e-4): channels_last (with its own
-GroupNorm backward at >= 32² pixels), EMA nets in eval mode; torch.compile (measured, not on by default)."""
+"""Speed levers give the NCHW eager path's outputs (fp32, 1e-4): channels_last (with its own GroupNorm backward
+at >= 32² pixels), EMA nets in eval mode (both on by default); the frozen TorchScript decoder of
+model.evaluation.inference_compile=freeze and torch.compile (opt-in)."""
 
 from __future__ import annotations
 
