@@ -70,6 +70,9 @@ class EvalConf:
     inferred_xT: bool = True  # DDIM-invert x0 → x_T, then render (near-perfect reconstructions)
     random_xT: bool = True  # render from fresh noise with the image's z_sem (what z_sem alone keeps)
     render_T: int = 20  # default DDIM steps of encode_stochastic/render when T is None (official T_eval)
+    # Decoder of render/encode_stochastic/sample without gradients: none (eager) | freeze (TorchScript trace +
+    # freeze per input shape, rockgen.models.inference; a few seconds once per shape and weight update)
+    inference_compile: str = "none"
     grid_images: int = 8  # originals vs reconstructions written as a PNG grid
     seed: int = 0  # noise for random x_T, fixed so curves are comparable across validations
     lpips: bool = True  # when the AlexNet backbone weights are present
@@ -77,6 +80,10 @@ class EvalConf:
     # Inception weights needed (one warning otherwise); costs an Inception pass per tile, so off by default
     kid: bool = False
     kid_subset_size: int = 50  # capped by the number of held-out tiles
+
+    def __post_init__(self) -> None:
+        if self.inference_compile not in ("none", "freeze"):
+            raise ValueError(f"model.evaluation.inference_compile={self.inference_compile!r}: choose none or freeze")
 
 
 def parse(cls: type[T], value: Any, name: str) -> T:

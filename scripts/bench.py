@@ -438,6 +438,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--compile", action="store_true", help="add torch.compile rows (minutes of compiling)")
     p.add_argument(
+        "--inference",
+        default="none",
+        help="with --official: comma list of model.evaluation.inference_compile values for rockgen's render "
+        "and inversion rows (none, freeze: TorchScript trace + freeze of the decoder, rockgen.models.inference)",
+    )
+    p.add_argument(
         "--malloc-tunables",
         nargs="?",
         const="both",
@@ -572,10 +578,14 @@ def main_official(args) -> dict:
     torch.set_num_threads(args.threads)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or f"bench_results/official_{'-'.join(configs)}_{stamp}.json")
+    modes = [m.strip() for m in args.inference.split(",") if m.strip()]
+    if bad := sorted(set(modes) - {"none", "freeze"}):
+        raise SystemExit(f"--inference: unknown {bad}; choose from none, freeze")
     variants = [
-        {"channels_last": cl, "compile_nets": comp}
+        {"channels_last": cl, "compile_nets": comp, "inference_compile": mode}
         for comp in ((False, True) if args.compile else (False,))
         for cl in LAYOUTS[args.channels_last]
+        for mode in modes
     ]
     rows = []
     for config in configs:
@@ -583,7 +593,7 @@ def main_official(args) -> dict:
             for kw in variants:
                 _log_parent(f"== {config} {precision} rockgen {kw} vs official, {args.rounds} round(s)")
                 row = bo.compare(args, device, precision, config, kw)
-                if not args.skip_memory and not kw["compile_nets"]:
+                if not args.skip_memory and not kw["compile_nets"] and kw["inference_compile"] == "none":
                     row["memory"] = bo.measure_memory(args, device, precision, config, kw)
                 rows.append(row)
                 print(bo.format_rows(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)

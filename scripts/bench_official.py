@@ -145,7 +145,16 @@ class Official:
 class Rockgen:
     """rockgen's LitModel at the same configuration, trained as bench.py's ``lightning_train_step`` does."""
 
-    def __init__(self, config: str, device, channels_last: bool | None = None, compile_nets: bool = False):
+    def __init__(
+        self,
+        config: str,
+        device,
+        channels_last: bool | None = None,
+        compile_nets: bool = False,
+        inference_compile: str = "none",
+    ):
+        from dataclasses import replace
+
         import bench
 
         _, preset, over = CONFIGS[config]
@@ -160,11 +169,27 @@ class Rockgen:
         self.compiled = compile_nets
         if compile_nets:
             bench.compile_nets(self.lit)
+        self.lit.eval_conf = replace(self.lit.eval_conf, inference_compile=inference_compile)
         self.image_size = self.lit.image_size
         self._step = None
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.lit.model.parameters())
+
+    def trace_s(self) -> float | None:
+        """Seconds spent tracing + freezing the decoder (model.evaluation.inference_compile=freeze), else None."""
+        from rockgen.models.inference import inference_fn
+
+        if self.lit.eval_conf.inference_compile == "none":
+            return None
+        return round(inference_fn(self.lit.ema_model.decoder, self.lit.eval_conf.inference_compile).build_s, 2)
+
+    def traces(self) -> int | None:
+        from rockgen.models.inference import inference_fn
+
+        if self.lit.eval_conf.inference_compile == "none":
+            return None
+        return inference_fn(self.lit.ema_model.decoder, self.lit.eval_conf.inference_compile).builds
 
     def train_step(self, x) -> None:
         import bench
@@ -230,8 +255,11 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
         warm[name] = round(time.perf_counter() - t0, 2)
         _log(f"[{config} {precision}] {name}: {n[name] / 1e6:.2f} M params, warm-up {warm[name]:.1f} s")
     order = list(sides)
+    retrace = sides["rockgen"].trace_s() is not None and "train" in times["rockgen"]
     for r in range(args.rounds):
         for what in next(iter(times.values())):
+            if retrace and what != "train":  # the training steps changed the weights: trace again, untimed
+                call(sides["rockgen"], what, 2)
             for name in order if r % 2 == 0 else order[::-1]:  # ABBA: neither side always runs first
                 for _ in range(args.iters):
                     t0, c0 = time.perf_counter(), time.process_time()
@@ -252,6 +280,10 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
         "warmup_s": warm,
         # torch.compile compiles on the first calls: the warm-up time is the compile cost
         "compile_s": warm["rockgen"] if sides["rockgen"].compiled else None,
+        # inference_compile=freeze traces on the first render/inversion (and again after each training step's
+        # EMA update when train is measured too: the sum over all traces, one-off per weights when sampling only)
+        "trace_s": sides["rockgen"].trace_s(),
+        "traces": sides["rockgen"].traces(),
         "times_s": times,
         "median_s": med,
         "ratio": {w: round(med["official"][w] / med["rockgen"][w], 3) for w in med["rockgen"]},
@@ -338,6 +370,15 @@ def measure_memory(args, device, precision: str, config: str, rockgen_kw: dict) 
     return out
 
 
+def _one_off(row: dict) -> str:
+    """The compile column: torch.compile's warm-up, or the seconds of one trace + freeze."""
+    if row.get("compile_s") is not None:
+        return str(row["compile_s"])
+    if row.get("trace_s") is not None and row.get("traces"):
+        return f"{row['trace_s'] / row['traces']:.1f}"
+    return "-"
+
+
 def format_rows(rows: list[dict]) -> str:
     """The ratio table: wall-clock ratios, then the same from CPU time (``cpu x``) where recorded."""
     lines = [
@@ -348,18 +389,20 @@ def format_rows(rows: list[dict]) -> str:
     ]
     for r in rows:
         opts = r["rockgen_options"]
-        opts = ",".join(k if v is True else f"{k}={v}" for k, v in opts.items() if v not in (None, False))
+        opts = {**opts, "nchw": opts.get("channels_last") is False}  # channels_last=None: the preset's (on)
+        opts = ",".join(k if v is True else f"{k}={v}" for k, v in opts.items() if v not in (None, False, "none"))
         mem = r.get("memory", {}).get("rockgen_over_official")
         cells = "".join(f"{r['ratio'][w]:>10.2f}" if w in r["ratio"] else f"{'-':>10}" for w in WHATS)
         cpu = r.get("ratio_cpu", {})
         cells += "".join(f"{cpu[w]:>13.2f}" if w in cpu else f"{'-':>13}" for w in WHATS)
         lines.append(
             f"{r['config']:<10}{r['precision']:<11}{opts or 'default':<22}{cells}"
-            f"{mem if mem is not None else '-':>11}{r['compile_s'] if r['compile_s'] is not None else '-':>11}"
+            f"{mem if mem is not None else '-':>11}{_one_off(r):>11}"
         )
     lines.append(
         "x = official time / rockgen time (> 1: rockgen faster), medians of wall-clock times; cpu x: of the "
-        "process's CPU times; mem ratio = rockgen / official peak"
+        "process's CPU times; mem ratio = rockgen / official peak; compile s: torch.compile warm-up or one "
+        "trace + freeze (inference_compile=freeze: once per input shape and weights)"
     )
     return "\n".join(lines)
 

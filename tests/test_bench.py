@@ -101,12 +101,15 @@ needs_official = pytest.mark.skipif(
 @needs_official
 @pytest.mark.slow
 def test_bench_official_side_by_side(tmp_path):
-    """--official --quick: both networks at the tiny config (same parameter count), ratios, memory, JSON."""
+    """--official --quick: both networks at the tiny config (same parameter count), ratios, memory, JSON; with
+    --inference none,freeze a second row whose rockgen side renders through the frozen decoder."""
     out = tmp_path / "official.json"
-    flags = f"--official {OFFICIAL} --quick --precision fp32 --threads 1"
+    flags = f"--official {OFFICIAL} --quick --precision fp32 --threads 1 --inference none,freeze"
     proc = run_script("bench.py", flags, tmp_path, out, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["rows"]
+    row, frozen = json.loads(out.read_text())["rows"]
+    assert row["trace_s"] is None and frozen["rockgen_options"]["inference_compile"] == "freeze"
+    assert frozen["trace_s"] > 0 and frozen["traces"] >= 1 and "memory" not in frozen
     assert row["config"] == "tiny" and row["precision"] == "fp32"
     for what in ("train", "render", "invert"):
         for side in ("official", "rockgen"):

@@ -1,5 +1,6 @@
-"""Speed levers kept by default give the NCHW eager path's outputs (fp32, 1e-4): channels_last (with its own
-GroupNorm backward at >= 32² pixels), EMA nets in eval mode; torch.compile (measured, not on by default)."""
+"""Speed levers give the NCHW eager path's outputs (fp32, 1e-4): channels_last (with its own GroupNorm backward
+at >= 32² pixels), EMA nets in eval mode (both on by default); the frozen TorchScript decoder of
+model.evaluation.inference_compile=freeze and torch.compile (opt-in)."""
 
 from __future__ import annotations
 
@@ -112,3 +113,54 @@ def test_ema_nets_stay_in_eval_mode_under_train():
     first, second = model.render(noise, cond, T=2), model.render(noise, cond, T=2)
     torch.testing.assert_close(first, second, atol=0, rtol=0)
     torch.testing.assert_close(model.eval().render(noise, cond, T=2), first, atol=1e-6, rtol=0)
+
+
+def test_frozen_inference_equals_nchw_eager_render_and_inversion():
+    """model.evaluation.inference_compile=freeze (TorchScript trace + freeze of the EMA decoder, channels_last)
+    renders, inverts and renders seamless tiles like the eager NCHW decoder (fp32, 1e-4); the graph is traced once
+    per input signature and again after the weights change in place (an EMA update)."""
+    from latent_models import random_diffae
+
+    from rockgen.models.inference import inference_fn
+
+    fast = random_diffae(seed=4)
+    fast.eval_conf = replace(fast.eval_conf, inference_compile="freeze")
+    eager = copy.deepcopy(fast).to(memory_format=torch.contiguous_format)
+    eager.eval_conf, eager.memory_format = replace(fast.eval_conf, inference_compile="none"), torch.contiguous_format
+    assert fast.memory_format == torch.channels_last
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, fast.image_size, fast.image_size, generator=g) * 2 - 1
+    noise = torch.randn(x.shape, generator=g)
+    cond = eager.encode(x)
+    frozen = inference_fn(fast.ema_model.decoder, "freeze")
+
+    def check(what: str, **kw) -> None:
+        if what == "render":
+            ref, out = eager.render(noise, cond, T=3, **kw), fast.render(noise, cond, T=3, **kw)
+        else:
+            ref, out = eager.encode_stochastic(x, cond, T=3), fast.encode_stochastic(x, cond, T=3)
+        assert ref.std() > 1e-2
+        torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4, msg=what)
+
+    check("render")
+    check("invert")  # same input signature and weights: no new trace
+    assert frozen.builds == 1
+    check("render", seamless=True)  # circular padding: a graph of its own
+    assert frozen.builds == 2
+    with torch.no_grad():  # an EMA step changes the weights in place: the frozen constants must follow
+        for m in (fast, eager):
+            for p in m.ema_model.decoder.parameters():
+                p.mul_(0.9).add_(0.01)
+    check("render")
+    assert frozen.builds == 3
+    # gradients through the sampler (render(grad=True)) use the eager decoder
+    z = cond.clone().requires_grad_(True)
+    fast.render(noise, z, T=2, grad=True).mean().backward()
+    assert z.grad is not None and frozen.builds == 3
+
+
+def test_inference_compile_rejects_unknown_mode():
+    from rockgen.config import EvalConf
+
+    with pytest.raises(ValueError, match="model.evaluation.inference_compile"):
+        EvalConf(inference_compile="jit")

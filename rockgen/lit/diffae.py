@@ -33,6 +33,7 @@ from rockgen.lit.protocol import GenerationMode, ReconstructionCode
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.lit.stages import STAGES
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
+from rockgen.models.inference import inference_fn
 from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
 from rockgen.seamless import seamless_padding
 
@@ -303,7 +304,7 @@ class LitModel(RockgenModule):
 
     def decoder_fn(self, cond: torch.Tensor):
         """ε̂(x_t, t) of the EMA decoder with z_sem ``cond`` bound: the ``model_fn`` of the samplers."""
-        dec = self.ema_model.decoder
+        dec = inference_fn(self.ema_model.decoder, self.eval_conf.inference_compile)
         cond = cond.to(self.device)
 
         def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
