@@ -61,7 +61,12 @@ def demo_pixel() -> Preset:
 
 
 def demo_vae() -> Preset:
-    """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128 like the demo's z_sem)."""
+    """A tiny transformer VAE on the demo tiles (1.6 M params, z of 128 like the demo's z_sem).
+
+    ``bottleneck="spatial"``: with z carried by 4 latent tokens (the old default) the decoder's output stays one
+    colour per tile for the whole budget (held-out 16.2 dB at step 150 and at step 600, the mean-colour level
+    16.5 dB); every patch position reading z directly passes it within 100 steps (README, "VAE-style autoencoder").
+    """
     net = ViTAEConfig(
         image_size=DEMO.image_size,
         patch_size=4,
@@ -71,6 +76,8 @@ def demo_vae() -> Preset:
         num_heads=4,
         latent_dim=DEMO.z_channels,
         head_channels=16,
+        bottleneck="spatial",
+        linear_path=True,
     )
     model = VAEModel(net, optim=replace(DEMO_OPTIM, weight_decay=0.05), ema=DEMO_EMA)
     return Preset("demo_vae", model, Budget(32, 600, 300, 300, 2), DEMO.image_size)
