@@ -65,7 +65,10 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_a_tiny_spatial_vae_overfits_a_handful_of_demo_tiles_beyond_their_mean_colour():
-    """The demo VAE's failure mode was decoding only a tile's mean colour: 6 tiles must be learnt far beyond it."""
+    """The demo VAE's failure mode was decoding only a tile's mean colour: 6 tiles must be learnt far beyond it.
+
+    Measured on this setup: mean colour 21.5 dB, spatial bottleneck 39.8 dB, the old token bottleneck 26.4 dB.
+    """
     torch.manual_seed(0)
     tiles = np.concatenate([generate_demo_tiles(k, 2, size=16) for k in ("cobbles", "layered", "fractured")])
     x = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 127.5 - 1  # (6, 3, 16, 16) in [-1, 1]
@@ -81,4 +84,4 @@ def test_a_tiny_spatial_vae_overfits_a_handful_of_demo_tiles_beyond_their_mean_c
         opt.step()
     with torch.no_grad():
         fitted = _psnr(net.decode(net.encode(x)[0]), x)
-    assert fitted > 25.0 and fitted > mean_colour + 8.0, (fitted, mean_colour)
+    assert fitted > 30.0 and fitted > mean_colour + 12.0, (fitted, mean_colour)
