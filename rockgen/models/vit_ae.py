@@ -13,7 +13,9 @@ Encoder: p×p patches → linear embedding (a strided conv) + learned positions;
 tokens are prepended, a pre-norm transformer mixes everything, and the query tokens' outputs (flattened) give
 μ and log σ². Decoder: z → ``latent_tokens`` tokens, followed by one learned token per patch position; a
 second transformer, then each position token → a p×p patch of ``head_channels`` features, and a 3×3
-convolution over the whole image smooths the seams between patches.
+convolution over the whole image smooths the seams between patches. ``bottleneck="spatial"`` replaces the latent
+tokens by per-position linear read-out/write-in, and ``linear_path`` adds a global linear encoder/decoder; the
+demo and rock presets use them (see ``ViTAEConfig``; the defaults keep older checkpoints loadable).
 """
 
 from __future__ import annotations
