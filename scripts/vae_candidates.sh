@@ -8,16 +8,18 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python}
 log_dir=${ROCKGEN_LOG_DIR:-logs}
 read -r -a extra <<< "${EXTRA:-}"
+# base = the demo_vae preset (spatial bottleneck + linear path); tokens = the preset before 2026-12-02
 declare -A cand=(
     [base]=""
+    [tokens]="model.net.bottleneck=tokens model.net.linear_path=false"
+    [spatial]="model.net.linear_path=false"
     [beta0]="model.beta=0"
     [lr1e-3]="model.optim.lr=1e-3"
-    [tokens16]="model.net.latent_tokens=16"
+    [tokens16]="model.net.bottleneck=tokens model.net.linear_path=false model.net.latent_tokens=16"
     [conv]="model.net.conv_channels=64"
-    [conv_beta0]="model.net.conv_channels=64 model.beta=0"
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(base beta0 lr1e-3 tokens16 conv conv_beta0)
+[ ${#names[@]} -gt 0 ] || names=(base tokens spatial beta0 lr1e-3 tokens16 conv)
 for name in "${names[@]}"; do
     run="vae-cand-$name"
     read -r -a over <<< "${cand[$name]}"

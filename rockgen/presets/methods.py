@@ -49,6 +49,7 @@ def vit_config(s: Scale) -> ViTAEConfig:
         decoder_depth=depth,
         num_heads=width // 64,
         latent_dim=s.z_channels,
+        bottleneck="spatial",  # as demo_vae: latent tokens leave the decoder at one colour per tile
         gradient_checkpointing=s.checkpointing,
     )
 

@@ -61,7 +61,13 @@ def demo_pixel() -> Preset:
 
 
 def demo_vae() -> Preset:
-    """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128 like the demo's z_sem)."""
+    """A tiny transformer VAE on the demo tiles (2.4 M params, z of 128 like the demo's z_sem).
+
+    ``bottleneck="spatial"``: with z carried by 4 latent tokens (the old default) the decoder's output stays one
+    colour per tile for the whole budget (held-out 16.3 dB at step 600, the mean-colour level 16.5 dB); every
+    patch position reading z directly passes it within 100 steps, then stalls at 19.9 dB (600 steps);
+    ``linear_path`` lifts that to 22.2 dB / SSIM 0.67 (README, "VAE-style autoencoder").
+    """
     net = ViTAEConfig(
         image_size=DEMO.image_size,
         patch_size=4,
@@ -71,6 +77,8 @@ def demo_vae() -> Preset:
         num_heads=4,
         latent_dim=DEMO.z_channels,
         head_channels=16,
+        bottleneck="spatial",
+        linear_path=True,
     )
     model = VAEModel(net, optim=replace(DEMO_OPTIM, weight_decay=0.05), ema=DEMO_EMA)
     return Preset("demo_vae", model, Budget(32, 600, 300, 300, 2), DEMO.image_size)

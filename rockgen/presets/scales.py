@@ -43,8 +43,8 @@ class Scale:
 # which the preset turns on. A base width of 128 at 512² instead (ch 128, (1,1,1,2,2,4,4)) has the same size
 # but 1.8x the FLOPs and 5.3 GiB of activations: the first level dominates. Global batch 32: 4 per GPU on
 # 8 GPUs fits 40 GB cards with checkpointing.
-# VAE widths are rockgen's choice (ViT-S/-B-like): 64 px 24.6 M params, 128 px 55.0 M, 256 px 182.1 M,
-# 512 px (1024 tokens) 183.3 M.
+# VAE widths are rockgen's choice (ViT-S/-B-like), with the "spatial" bottleneck: 64 px 23.8 M params,
+# 128 px 58.2 M, 256 px 183.7 M, 512 px (1024 tokens) 203.8 M.
 SCALES: dict[int, Scale] = {
     64: Scale(64, 64, (1, 2, 4, 8), (1, 2, 4, 8, 8)),
     128: Scale(128, 128, (1, 1, 2, 3, 4), (1, 1, 2, 3, 4, 4), total_samples=130_000_000, vit=(8, 512, 8, 64)),
