@@ -15,7 +15,6 @@ degrade to a message instead of failing:
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -51,9 +50,9 @@ class Features:
 
 
 def detect_features(model, latents: Latents | None, labels: list[str | None] | None) -> Features:
-    """Feature checks on ``model.sample``'s signature and the model's attributes (not on its class)."""
-    params = inspect.signature(model.sample).parameters if hasattr(model, "sample") else {}
-    ready = bool(getattr(model, "has_latent", False)) and bool(getattr(model, "latent_ready", False))
+    """Feature checks on the model's generation protocol (``sample_options``, ``sample_unavailable``), not its class."""
+    params = getattr(model, "sample_options", frozenset())
+    ready = hasattr(model, "sample_unavailable") and model.sample_unavailable() is None
     msg = (
         ""
         if ready
@@ -177,7 +176,7 @@ class ExploreService:
         if sampler not in self.features.samplers:
             raise ValueError(f"sampler: this checkpoint offers {self.features.samplers}, got {sampler!r}")
         kwargs: dict[str, Any] = {}
-        if "sampler" in inspect.signature(self.model.sample).parameters:
+        if "sampler" in self.model.sample_options:
             kwargs["sampler"] = sampler
         if cls and not self.features.classes:
             raise ValueError(f"class {cls!r}: this checkpoint's latent DDIM is unconditional (no classes)")

@@ -4,7 +4,7 @@ each built from a ``Scale`` (so the networks of one resolution are defined once,
 from __future__ import annotations
 
 from rockgen.config import EvalConf, LatentConf
-from rockgen.lit.pixel import SampleGridConf
+from rockgen.methods.pixel import SampleGridConf
 from rockgen.models import EncoderConfig, UNetConfig, ViTAEConfig
 from rockgen.presets.scales import Scale
 from rockgen.presets.schema import AutoencModel, Budget, LatentModel, PixelModel, Preset, VAEModel

@@ -1,0 +1,152 @@
+"""The method object: what one training method owns, so that one LightningModule can drive any of them.
+
+A ``Method`` is an ``nn.Module`` holding its networks (``model``, the trained copy, and ``ema_model``, the copy
+that samples, or None) and buffers, and declares
+
+    loss(batch) -> (loss, logs)                    the training objective of one batch (logs: unprefixed scalars)
+    optimizer_setup() -> (params, OptimConf)      what the optimiser updates (parameters or torch param groups)
+    ema_policy() -> (EMAConf, [(ema, net)])        the EMA policy: which (EMA copy, trained net) pairs move
+    setup / validation_start / validation_step / validation_end(host, ...)   Lightning-time work, given the host
+    the generation protocol of ``rockgen.methods.protocol`` (sample, generation_modes, reconstruction_codes)
+
+``rockgen.lit.module.MethodModule`` is the LightningModule that drives it (training step, optimiser, EMA update,
+checkpoint hooks). ``sample`` is shared: each method only implements ``draw`` (the same arguments plus its own
+options, which ``sample_options`` lists for tasks that pass options through).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import logging
+from typing import Any, ClassVar
+
+import torch
+
+from rockgen.config import EMAConf, OptimConf
+from rockgen.methods.protocol import GenerationMode, ReconstructionCode
+
+log = logging.getLogger(__name__)
+
+SHARED_SAMPLE_ARGS = ("self", "N", "device", "generator", "T", "T_latent")
+
+
+class Method(torch.nn.Module):
+    """Networks, objective, optimiser groups, EMA policy and generation protocol of one training method."""
+
+    method_key: ClassVar[str]  # see rockgen.methods.protocol
+    method_label: ClassVar[str]
+    preset_method: ClassVar[str]
+    generator_device: ClassVar[str | None] = None  # where ``sample``'s seeded generator lives (None: the device)
+
+    hparams: dict[str, Any]  # the constructor arguments, normalised: what a checkpoint records
+    model: torch.nn.Module
+    ema_model: torch.nn.Module | None
+    image_size: int
+
+    # ---------------------------------------------------------------- shared pieces
+    @property
+    def device(self) -> torch.device:
+        return next(itertools.chain(self.parameters(), self.buffers())).device
+
+    def train(self, mode: bool = True):
+        """Train mode for the trained nets only: the EMA copy stays in eval mode.
+
+        Lightning calls ``module.train()`` before every training epoch; without this the EMA nets would render
+        and encode with dropout active (wrong samples from a callback or a bench between training steps).
+        """
+        super().train(mode)
+        if self.ema_model is not None:
+            self.ema_model.eval()
+        return self
+
+    # ---------------------------------------------------------------- training (defaults; methods override)
+    optim_conf: OptimConf  # model.optim
+    ema_conf: EMAConf  # model.ema
+
+    def loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss of one batch (a scalar with a graph) and the scalars to log (unprefixed names)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no training loss")
+
+    def optimizer_setup(self) -> tuple[Any, OptimConf]:
+        """What the optimiser updates (parameters or torch param groups) and its settings: the trained net."""
+        return self.model.parameters(), self.optim_conf
+
+    def ema_policy(self) -> tuple[EMAConf, list[tuple[torch.nn.Module, torch.nn.Module]]]:
+        """The EMA settings and the (EMA copy, trained net) pairs moved after each optimiser step."""
+        return self.ema_conf, ([] if self.ema_model is None else [(self.ema_model, self.model)])
+
+    def after_optimizer_step(self) -> None:
+        """Work after each optimiser step, before the EMA update (e.g. keeping DDP ranks identical)."""
+
+    def setup(self, host, stage: str) -> None:
+        """Lightning's ``setup`` (``host`` is the LightningModule: its trainer, datamodule, device)."""
+
+    def validation_start(self, host) -> None:
+        pass
+
+    def validation_step(self, host, batch: dict[str, Any], batch_idx: int) -> None:
+        pass
+
+    def validation_end(self, host) -> None:
+        pass
+
+    def predict_step(self, batch: dict[str, Any]) -> Any:
+        raise NotImplementedError(f"{self.method_label} has no prediction step (latent inference needs a DiffAE)")
+
+    # ---------------------------------------------------------------- generation protocol
+    @torch.no_grad()
+    def sample(
+        self,
+        N: int,
+        device: torch.device | str | None = None,
+        T: int | None = None,
+        T_latent: int | None = None,
+        seed: int | None = None,
+        **options: Any,
+    ) -> torch.Tensor:
+        """N new images (N, 3, S, S) in [0, 1] on ``device``; ``seed`` fixes every random draw.
+
+        T: image sampler steps, T_latent: latent sampler steps (each method's default when None; a method
+        without that stage ignores it). ``options``: those of ``sample_options`` (see the method's ``draw``);
+        any other is ignored with one log line, so a task can pass one set of options to any model.
+        """
+        known = self.sample_options
+        unused = sorted(set(options) - known)
+        if unused:
+            log.warning("%s.sample ignores %s", type(self).__name__, unused)
+        device = torch.device(device) if device is not None else self.device
+        gen = seeded_generator(seed, self.generator_device or device)
+        return self.draw(N, device, gen, T, T_latent, **{k: v for k, v in options.items() if k in known})
+
+    def draw(
+        self, N: int, device: torch.device, generator: torch.Generator | None, T: int | None, T_latent: int | None
+    ) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot draw new images")
+
+    @property
+    def sample_options(self) -> frozenset[str]:
+        """Names of the options ``sample`` takes beyond (N, device, T, T_latent, seed): ``draw``'s own."""
+        params = inspect.signature(type(self).draw).parameters
+        return frozenset(name for name in params if name not in SHARED_SAMPLE_ARGS)
+
+    def sample_unavailable(self) -> str | None:
+        """Why this model cannot draw new images (None: it can)."""
+        return None
+
+    def generation_modes(self, **options: Any) -> list[GenerationMode]:
+        raise NotImplementedError
+
+    def reconstruction_codes(self, **options: Any) -> list[ReconstructionCode]:
+        """Ways to reproduce a given image: none unless the method has an encoder."""
+        return []
+
+
+def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
+    """A generator on ``device`` seeded with ``seed``; None (the global RNG) when seed is None."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (any dtype) → float32 in [0, 1]."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
