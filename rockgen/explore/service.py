@@ -15,6 +15,7 @@ degrade to a message instead of failing:
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
@@ -50,9 +51,13 @@ class Features:
 
 
 def detect_features(model, latents: Latents | None, labels: list[str | None] | None) -> Features:
-    """Feature checks on the model's generation protocol (``sample_options``, ``sample_unavailable``), not its class."""
-    params = getattr(model, "sample_options", frozenset())
-    ready = hasattr(model, "sample_unavailable") and model.sample_unavailable() is None
+    """Feature checks on the model's generation protocol (``sample_options``, ``sample_unavailable``), not its class;
+    an object without the protocol is judged by ``sample``'s signature and its ``has_latent``/``latent_ready``."""
+    if hasattr(model, "sample_options"):
+        params, ready = model.sample_options, model.sample_unavailable() is None
+    else:
+        params = inspect.signature(model.sample).parameters if hasattr(model, "sample") else {}
+        ready = bool(getattr(model, "has_latent", False)) and bool(getattr(model, "latent_ready", False))
     msg = (
         ""
         if ready

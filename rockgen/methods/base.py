@@ -10,7 +10,7 @@ that samples, or None) and buffers, and declares
     the generation protocol of ``rockgen.methods.protocol`` (sample, generation_modes, reconstruction_codes)
 
 ``rockgen.lit.module.MethodModule`` is the LightningModule that drives it (training step, optimiser, EMA update,
-checkpoint hooks). ``sample`` is shared: each method only implements ``draw`` (the same arguments plus its own
+checkpoint hooks). ``sample`` is shared: each method only implements ``draw`` (a ``SampleRequest`` plus its own
 options, which ``sample_options`` lists for tasks that pass options through).
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -28,7 +29,18 @@ from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 
 log = logging.getLogger(__name__)
 
-SHARED_SAMPLE_ARGS = ("self", "N", "device", "generator", "T", "T_latent")
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """What every ``sample`` call fixes, whatever the method: how many images, where, the seeded generator
+    (None: the global RNG) and the step counts (None: the method's default; a method without that stage ignores
+    it)."""
+
+    n: int
+    device: torch.device
+    generator: torch.Generator | None
+    T: int | None = None
+    T_latent: int | None = None
 
 
 class Method(torch.nn.Module):
@@ -116,19 +128,18 @@ class Method(torch.nn.Module):
         if unused:
             log.warning("%s.sample ignores %s", type(self).__name__, unused)
         device = torch.device(device) if device is not None else self.device
-        gen = seeded_generator(seed, self.generator_device or device)
-        return self.draw(N, device, gen, T, T_latent, **{k: v for k, v in options.items() if k in known})
+        req = SampleRequest(N, device, seeded_generator(seed, self.generator_device or device), T, T_latent)
+        return self.draw(req, **{k: v for k, v in options.items() if k in known})
 
-    def draw(
-        self, N: int, device: torch.device, generator: torch.Generator | None, T: int | None, T_latent: int | None
-    ) -> torch.Tensor:
+    def draw(self, req: SampleRequest) -> torch.Tensor:
+        """The images of ``sample`` (req.n, 3, S, S) in [0, 1]; a method adds its options as keyword arguments."""
         raise NotImplementedError(f"{type(self).__name__} cannot draw new images")
 
     @property
     def sample_options(self) -> frozenset[str]:
         """Names of the options ``sample`` takes beyond (N, device, T, T_latent, seed): ``draw``'s own."""
         params = inspect.signature(type(self).draw).parameters
-        return frozenset(name for name in params if name not in SHARED_SAMPLE_ARGS)
+        return frozenset(name for name in params if name not in ("self", "req"))
 
     def sample_unavailable(self) -> str | None:
         """Why this model cannot draw new images (None: it can)."""

@@ -26,7 +26,7 @@ from rockgen.conditioning import check_condition, latent_class_list, requested_c
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule
 from rockgen.lit.common import check_images
-from rockgen.methods.base import Method, to_unit
+from rockgen.methods.base import Method, SampleRequest, to_unit
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
 from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
@@ -153,11 +153,7 @@ class DiffAEMethod(Method):
 
     def draw(
         self,
-        N: int,
-        device: torch.device,
-        generator: torch.Generator | None,
-        T: int | None = None,
-        T_latent: int | None = None,
+        req: SampleRequest,
         noise: torch.Tensor | None = None,
         latent_noise: torch.Tensor | None = None,
         progress: bool = False,
@@ -176,13 +172,14 @@ class DiffAEMethod(Method):
         ``seamless`` makes each tile periodic.
         """
         self.check_condition(cls, guidance)
+        n, gen = req.n, req.generator
         cond = self.sample_latents(
-            N, device, T_latent, generator=generator, noise=latent_noise, cls=cls, guidance=guidance,
+            n, req.device, req.T_latent, generator=gen, noise=latent_noise, cls=cls, guidance=guidance,
             sampler=sampler_latent or sampler,
         )  # fmt: skip
         if noise is None:
-            noise = torch.randn(N, 3, self.image_size, self.image_size, generator=generator, device=device)
-        return self.render(noise, cond, T, progress=progress, sampler=sampler, seamless=seamless)
+            noise = torch.randn(n, 3, self.image_size, self.image_size, generator=gen, device=req.device)
+        return self.render(noise, cond, req.T, progress=progress, sampler=sampler, seamless=seamless)
 
     # ---------------------------------------------------------------- generation protocol (rockgen.methods.protocol)
     def generation_modes(self, T: int = 20, T_latent: int = 20) -> list[GenerationMode]:

@@ -36,7 +36,7 @@ from rockgen.conditioning import (
 from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
 from rockgen.diffusion import Schedule, diffusion_loss
 from rockgen.lit.common import log_image_file, run_dir_of
-from rockgen.methods.base import Method, seeded_generator, to_unit
+from rockgen.methods.base import Method, SampleRequest, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
@@ -130,11 +130,7 @@ class PixelDDPM(Method):
 
     def draw(
         self,
-        N: int,
-        device: torch.device,
-        generator: torch.Generator | None,
-        T: int | None = None,
-        T_latent: int | None = None,
+        req: SampleRequest,
         method: str = "ddim",
         eta: float = 0.0,
         variance: str = "fixed_large",
@@ -152,15 +148,15 @@ class PixelDDPM(Method):
         """
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
-        fn = self.denoiser_fn(cls, guidance, N)
-        s = self.image_size
-        x = torch.randn((N, 3, s, s), generator=generator, device=device).to(memory_format=self.memory_format)
+        fn = self.denoiser_fn(cls, guidance, req.n)
+        s, gen = self.image_size, req.generator
+        x = torch.randn((req.n, 3, s, s), generator=gen, device=req.device).to(memory_format=self.memory_format)
         d = self.diffusion_conf
-        kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=generator, progress=progress)
+        kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress)
         if method == "ddim":
-            x0 = get_sampler(sampler)(fn, x, self.schedule, T or self.eval_conf.T[-1], eta=eta, **kw)
+            x0 = get_sampler(sampler)(fn, x, self.schedule, req.T or self.eval_conf.T[-1], eta=eta, **kw)
         else:
-            x0 = ddpm_sample(fn, x, self.schedule, T, variance=variance, **kw)
+            x0 = ddpm_sample(fn, x, self.schedule, req.T, variance=variance, **kw)
         return to_unit(x0)
 
     def generation_modes(

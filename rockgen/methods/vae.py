@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from rockgen.config import EMAConf, OptimConf, parse, to_plain
 from rockgen.lit.common import check_images, log_image_file, run_dir_of
-from rockgen.methods.base import Method, seeded_generator, to_unit
+from rockgen.methods.base import Method, SampleRequest, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
 from rockgen.visual import save_grid
@@ -134,11 +134,7 @@ class VAE(Method):
 
     def draw(
         self,
-        N: int,
-        device: torch.device,
-        generator: torch.Generator | None,
-        T: int | None = None,
-        T_latent: int | None = None,
+        req: SampleRequest,
         method: str = "gaussian",
         temperature: float = 1.0,
         latent_stats: str | Path | None = None,
@@ -147,7 +143,7 @@ class VAE(Method):
         ``latent_gaussian.npz`` first. T and T_latent (diffusion models only) are ignored."""
         if latent_stats is not None:
             self.load_latent_gaussian(latent_stats)
-        return self.decode(self.draw_latents(N, device, generator, method, temperature))
+        return self.decode(self.draw_latents(req.n, req.device, req.generator, method, temperature))
 
     @torch.no_grad()
     def sample_latents(
