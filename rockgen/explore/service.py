@@ -15,6 +15,7 @@ degrade to a message instead of failing:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import time
@@ -110,6 +111,18 @@ def describe_fit(path: str | Path, size: int, fit: str) -> str:
     return f"{w}×{h} px → resized (shorter side {size}, Lanczos) and centre-cropped to {size}×{size}"
 
 
+@dataclass(frozen=True)
+class ExploreSettings:
+    """Limits and input handling of the explorer (``task=explore``'s settings of the same names)."""
+
+    fit: str = "crop"  # how an uploaded image becomes a tile (``rockgen.latent_ops.FITS``)
+    max_images: int = 64  # tiles per sample, frames per interpolation
+    batch_size: int = 16  # images or mosaic windows per forward pass
+    holdout: float = 0.2  # fraction of the labelled codes held out when fitting the class directions
+    seed: int = 0  # of that split
+    max_mosaic_pixels: int = 65536  # the largest mosaic or inpainting canvas (width × height)
+
+
 class ExploreService:
     """One loaded DiffAE (+ optional latents file) and the actions of the explorer, run one job at a time."""
 
@@ -118,27 +131,25 @@ class ExploreService:
         model,
         latents: Latents | None = None,
         labels_csv: str | None = None,
-        fit: str = "crop",
-        max_images: int = 64,
-        batch_size: int = 16,
-        holdout: float = 0.2,
-        seed: int = 0,
-        max_mosaic_pixels: int = 65536,
+        settings: ExploreSettings | None = None,
+        **overrides: Any,
     ) -> None:
-        if fit not in FITS:
-            raise ValueError(f"fit: must be one of {FITS}, got {fit!r}")
+        """``overrides``: fields of ``settings`` by name (e.g. ``ExploreService(model, max_mosaic_pixels=1024)``)."""
+        opts = dataclasses.replace(settings or ExploreSettings(), **overrides)
+        if opts.fit not in FITS:
+            raise ValueError(f"fit: must be one of {FITS}, got {opts.fit!r}")
         self.model = model.eval()
         self.latents = latents
-        self.fit = fit
-        self.max_images = int(max_images)
-        self.batch_size = int(batch_size)
-        self.max_mosaic_pixels = int(max_mosaic_pixels)
+        self.fit = opts.fit
+        self.max_images = int(opts.max_images)
+        self.batch_size = int(opts.batch_size)
+        self.max_mosaic_pixels = int(opts.max_mosaic_pixels)
         self.image_size = int(model.image_size)
         self._labels = (
             code_labels(latents, labels_csv) if latents is not None and _has_labels(latents, labels_csv) else None
         )
         self.features = detect_features(model, latents, self._labels)
-        self._holdout, self._seed = float(holdout), int(seed)
+        self._holdout, self._seed = float(opts.holdout), int(opts.seed)
         self._classifier: LinearClassifier | None = None
         ema = model.ema_model
         nets = [ema.encoder, ema.decoder] + ([ema.latent_net] if getattr(ema, "latent_net", None) is not None else [])
