@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
-from rockgen.samplers.ddim import _abar_at, _predict, ddim_step, ddim_timesteps
+from rockgen.samplers.ddim import _predict, ddim_descent, ddim_step
 
 WindowFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x (n,C,w,w), t (n,), idx (n,))
 
@@ -170,8 +170,8 @@ def sample_mosaic(
     loop resumes after its last finished step and gives exactly the uninterrupted result (DDIM with η = 0 is a
     deterministic map of x_t alone).
     """
-    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
-    x, start = x_T, len(steps) - 1
+    descent = ddim_descent(schedule, num_steps)
+    x, start = x_T, len(descent) - 1
     path = Path(state_path) if state_path is not None else None
     if path is not None and path.is_file():
         st = torch.load(path, map_location=x_T.device, weights_only=True)
@@ -180,10 +180,8 @@ def sample_mosaic(
                 f"{path} is a partial mosaic of other settings ({st.get('meta')}); delete it or use overwrite=true"
             )
         x, start = st["x"].to(x_T.device), int(st["next"])
-    for i in tqdm(range(start, -1, -1), total=len(steps), initial=len(steps) - 1 - start, desc="mosaic",
-                  disable=not progress):  # fmt: skip
-        t, s = steps[i], steps[i - 1] if i > 0 else -1
-        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+    done = len(descent) - 1 - start
+    for i, t, a_t, a_s in tqdm(descent[done:], total=len(descent), initial=done, desc="mosaic", disable=not progress):
         eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
         x = ddim_step(eps, x0, a_t, a_s)
         if path is not None:

@@ -96,16 +96,20 @@ def ddim_sample(
         return _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback)
 
 
-def _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback):
+def ddim_descent(schedule: Schedule, num_steps: int) -> list[tuple[int, int, float, float]]:
+    """DDIM's kept steps from the top down as (i, t_i, ᾱ_t, ᾱ_s), s = t_{i−1}; past t_0 (i = 0) ᾱ_s = 1 (x_0)."""
     steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
-    for i in tqdm(range(len(steps) - 1, -1, -1), desc="DDIM", disable=not progress, leave=False):
-        t, s = steps[i], steps[i - 1] if i > 0 else -1
-        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+    abar = [_abar_at(schedule, t) for t in steps]
+    return [(i, steps[i], abar[i], abar[i - 1] if i > 0 else 1.0) for i in range(len(steps) - 1, -1, -1)]
+
+
+def _ddim_loop(model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback):
+    for i, t, a_t, a_s in tqdm(ddim_descent(schedule, num_steps), desc="DDIM", disable=not progress, leave=False):
         eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
         noise = None
-        if eta > 0 and s >= 0:
+        if eta > 0 and i > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = ddim_step(eps, x0, a_t, a_s, eta if s >= 0 else 0.0, noise)
+        x = ddim_step(eps, x0, a_t, a_s, eta if i > 0 else 0.0, noise)
         if callback is not None:
             callback(i, x, x0)
     return x
