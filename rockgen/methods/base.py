@@ -16,6 +16,7 @@ options, which ``sample_options`` lists for tasks that pass options through).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import itertools
 import logging
@@ -24,10 +25,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from rockgen.config import EMAConf, OptimConf
+from rockgen.config import EMAConf, OptimConf, parse, to_plain
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 
 log = logging.getLogger(__name__)
+
+Device = torch.device | str | None
+Section = dict | None  # a config section as a plain dict (what checkpoints record), None for its defaults
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,21 @@ class Method(torch.nn.Module):
             self.ema_model.eval()
         return self
 
+    # ---------------------------------------------------------------- building blocks of the constructors
+    def _training_settings(self, hp: dict[str, Any]) -> None:
+        """``model.optim`` and ``model.ema`` of the hyper-parameters, checked (errors name the setting)."""
+        self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
+        self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
+
+    def _set_networks(self, model: torch.nn.Module, ema: bool = True, channels_last: bool | None = None) -> None:
+        """The trained net, its EMA copy (frozen, in eval mode; None with ``ema=False``) and the memory format
+        images are fed in (``channels_last``; None: the default, not recorded)."""
+        self.model = model
+        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval() if ema else None
+        if channels_last is not None:
+            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+            self.to(memory_format=self.memory_format)
+
     # ---------------------------------------------------------------- training (defaults; methods override)
     optim_conf: OptimConf  # model.optim
     ema_conf: EMAConf  # model.ema
@@ -109,13 +128,7 @@ class Method(torch.nn.Module):
     # ---------------------------------------------------------------- generation protocol
     @torch.no_grad()
     def sample(
-        self,
-        N: int,
-        device: torch.device | str | None = None,
-        T: int | None = None,
-        T_latent: int | None = None,
-        seed: int | None = None,
-        **options: Any,
+        self, N: int, device: Device = None, T: int | None = None, T_latent: int | None = None, seed=None, **options
     ) -> torch.Tensor:
         """N new images (N, 3, S, S) in [0, 1] on ``device``; ``seed`` fixes every random draw.
 
@@ -151,6 +164,11 @@ class Method(torch.nn.Module):
     def reconstruction_codes(self, **options: Any) -> list[ReconstructionCode]:
         """Ways to reproduce a given image: none unless the method has an encoder."""
         return []
+
+
+def plain_sections(**sections: Any) -> dict[str, dict]:
+    """Config sections (dicts, OmegaConf nodes or None) as plain dicts, {} for None: what a checkpoint records."""
+    return {name: to_plain(value or {}) for name, value in sections.items()}
 
 
 def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:

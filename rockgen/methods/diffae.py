@@ -16,17 +16,16 @@ the autoencoder, the latent net and the latent statistics: everything ``sample``
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 
 from rockgen.callbacks.preemption import check_preempted
 from rockgen.conditioning import check_condition, latent_class_list, requested_classes
-from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, parse, to_plain
+from rockgen.config import DiffusionConf, EvalConf, LatentConf, parse, to_plain
 from rockgen.diffusion import Schedule
 from rockgen.lit.common import check_images
-from rockgen.methods.base import Method, SampleRequest, to_unit
+from rockgen.methods.base import Device, Method, SampleRequest, Section, plain_sections, to_unit
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
 from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
@@ -44,28 +43,17 @@ class DiffAEMethod(Method):
     stage_name: str  # "autoenc" | "latent": the ``model.stage`` value
 
     def __init__(
-        self,
-        unet: dict,
-        encoder: dict,
-        diffusion: dict | None = None,
-        optim: dict | None = None,
-        ema: dict | None = None,
-        evaluation: dict | None = None,
-        lpips_weight: float = 0.0,
-        channels_last: bool = True,
-        latent: dict | None = None,
-        stage: str = "autoenc",
-    ) -> None:
+        self, unet: dict, encoder: dict,  # the decoder's and the encoder's configs (UNetConfig, EncoderConfig)
+        diffusion: Section = None, optim: Section = None, ema: Section = None, evaluation: Section = None,
+        lpips_weight: float = 0.0, channels_last: bool = True, latent: Section = None, stage: str = "autoenc",
+    ) -> None:  # fmt: skip
         super().__init__()
         if stage != self.stage_name:
             raise ValueError(f"{type(self).__name__} is stage {self.stage_name!r}, got model.stage={stage!r}")
         hp = dict(
             unet=to_plain(unet),
             encoder=to_plain(encoder),
-            diffusion=to_plain(diffusion or {}),
-            optim=to_plain(optim or {}),
-            ema=to_plain(ema or {}),
-            evaluation=to_plain(evaluation or {}),
+            **plain_sections(diffusion=diffusion, optim=optim, ema=ema, evaluation=evaluation),
             lpips_weight=float(lpips_weight),
             channels_last=bool(channels_last),
             latent=to_plain(latent),
@@ -78,8 +66,7 @@ class DiffAEMethod(Method):
         unet_cfg = parse(UNetConfig, hp["unet"], "model.unet")
         enc_cfg = parse(EncoderConfig, hp["encoder"], "model.encoder")
         self.diffusion_conf = parse(DiffusionConf, hp["diffusion"], "model.diffusion")
-        self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
-        self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
+        self._training_settings(hp)
         self.eval_conf = parse(EvalConf, hp["evaluation"], "model.evaluation")
         self.latent_conf = parse(LatentConf, hp["latent"], "model.latent") if latent is not None else None
         self.schedule = _schedule(self.diffusion_conf)
@@ -93,10 +80,7 @@ class DiffAEMethod(Method):
             self.register_buffer("latent_mean", torch.zeros(enc_cfg.out_channels))
             self.register_buffer("latent_std", torch.ones(enc_cfg.out_channels))
             self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
-        self.model = DiffAE(enc_cfg, unet_cfg, lat_cfg)
-        self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(memory_format=self.memory_format)
+        self._set_networks(DiffAE(enc_cfg, unet_cfg, lat_cfg), channels_last=channels_last)
         self._lpips: torch.nn.Module | None = None  # built in setup(); kept out of the state dict
 
     # ---------------------------------------------------------------- public API (official DiffAE names)
@@ -154,14 +138,14 @@ class DiffAEMethod(Method):
     def draw(
         self,
         req: SampleRequest,
-        noise: torch.Tensor | None = None,
-        latent_noise: torch.Tensor | None = None,
-        progress: bool = False,
         cls=None,
         guidance: float | None = None,
         sampler: str = "ddim",
         sampler_latent: str | None = None,
         seamless: bool = False,
+        progress: bool = False,
+        noise: torch.Tensor | None = None,
+        latent_noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``sample``: latent DDIM → de-normalise → image DDIM; images (N, 3, S, S) in [0, 1].
 
@@ -238,7 +222,7 @@ class DiffAEMethod(Method):
     def sample_latents(
         self,
         n: int,
-        device: torch.device | str | None = None,
+        device: Device = None,
         T_latent: int | None = None,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,

@@ -19,7 +19,6 @@ DiffAE latent DDIM, so the comparison stays fair::
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,10 +32,10 @@ from rockgen.conditioning import (
     requested_classes,
     resolve_classes,
 )
-from rockgen.config import DiffusionConf, EMAConf, OptimConf, parse, to_plain
+from rockgen.config import DiffusionConf, parse, to_plain
 from rockgen.diffusion import Schedule, diffusion_loss
 from rockgen.lit.common import log_image_file, run_dir_of
-from rockgen.methods.base import Method, SampleRequest, seeded_generator, to_unit
+from rockgen.methods.base import Method, SampleRequest, plain_sections, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode
 from rockgen.models import ConditionalUNet, UNetConfig
 from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
@@ -82,10 +81,7 @@ class PixelDDPM(Method):
             raise ValueError(f"model.label_dropout must be in [0, 1), got {label_dropout}")
         hp = dict(
             unet=to_plain(unet),
-            diffusion=to_plain(diffusion or {}),
-            optim=to_plain(optim or {}),
-            ema=to_plain(ema or {}),
-            evaluation=to_plain(evaluation or {}),
+            **plain_sections(diffusion=diffusion, optim=optim, ema=ema, evaluation=evaluation),
             channels_last=bool(channels_last),
             classes=None if classes is None else [str(c) for c in classes],
             labels_csv=labels_csv,
@@ -101,16 +97,12 @@ class PixelDDPM(Method):
                 f"model.unet.cond_channels must be null for the pixel baseline (no z_sem), got {unet_cfg.cond_channels}"
             )
         self.diffusion_conf = parse(DiffusionConf, hp["diffusion"], "model.diffusion")
-        self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
-        self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
+        self._training_settings(hp)
         self.eval_conf = parse(SampleGridConf, hp["evaluation"], "model.evaluation")
         d = self.diffusion_conf
         self.schedule = Schedule.from_config(d.schedule, d.num_timesteps, const=d.beta_const)
         self.image_size = unet_cfg.image_size
-        self.model = ConditionalUNet(unet_cfg)
-        self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval()
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(memory_format=self.memory_format)
+        self._set_networks(ConditionalUNet(unet_cfg), channels_last=channels_last)
         self.file_class: torch.Tensor | None = None  # class index of each source file of the data (set in setup)
 
     # ---------------------------------------------------------------- generation

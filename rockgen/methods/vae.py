@@ -23,7 +23,6 @@ they are fitted by ``rockgen task=vae_latents`` (which encodes the training spli
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rockgen.config import EMAConf, OptimConf, parse, to_plain
+from rockgen.config import parse, to_plain
 from rockgen.lit.common import check_images, log_image_file, run_dir_of
-from rockgen.methods.base import Method, SampleRequest, seeded_generator, to_unit
+from rockgen.methods.base import Device, Method, SampleRequest, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
 from rockgen.visual import save_grid
@@ -82,13 +81,11 @@ class VAE(Method):
         if hp["beta"] < 0 or hp["lpips_weight"] < 0:
             raise ValueError(f"model.beta and model.lpips_weight must be >= 0, got {beta}, {lpips_weight}")
         net_cfg = parse(ViTAEConfig, hp["net"], "model.net")
-        self.optim_conf = parse(OptimConf, hp["optim"], "model.optim")
-        self.ema_conf = parse(EMAConf, hp["ema"], "model.ema")
+        self._training_settings(hp)
         self.eval_conf = parse(VAEEvalConf, hp["evaluation"], "model.evaluation")
         self.beta = hp["beta"]
         self.image_size = net_cfg.image_size
-        self.model = ViTAutoencoder(net_cfg)
-        self.ema_model = copy.deepcopy(self.model).requires_grad_(False).eval() if use_ema else None
+        self._set_networks(ViTAutoencoder(net_cfg), ema=use_ema)
         d = net_cfg.latent_dim
         # Moments of the training latents (see the module docstring); count 0 = not fitted yet.
         self.register_buffer("latent_mean", torch.zeros(d, dtype=torch.float64))
@@ -147,12 +144,7 @@ class VAE(Method):
 
     @torch.no_grad()
     def sample_latents(
-        self,
-        N: int,
-        device: torch.device | str | None = None,
-        seed: int | None = None,
-        method: str = "gaussian",
-        temperature: float = 1.0,
+        self, N: int, device: Device = None, seed: int | None = None, method: str = "gaussian", temperature: float = 1.0
     ) -> torch.Tensor:
         """z (N, latent_dim) float32 on ``device``: N(m, C) of the training latents (``gaussian``) or N(0, I).
 
