@@ -60,7 +60,8 @@ def _tiles(cfg: DictConfig) -> list[Path]:
 def explore_task(cfg: DictConfig) -> dict[str, Any]:
     """Load the model (+ latents), start the page, block until stopped; returns the run directory and URL."""
     from rockgen.explore.app import build_app, launch_kwargs  # imports gradio: a clear error without it
-    from rockgen.explore.service import ExploreService, ExploreSettings, tile_choices
+    from rockgen.explore.features import ExploreSettings
+    from rockgen.explore.service import ExploreService, tile_choices
 
     run_dir = Path(cfg.paths.run_dir)
     model = load_autoencoder(cfg, "explore")
