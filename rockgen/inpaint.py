@@ -66,18 +66,11 @@ def fill_for_encoding(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint_sample(
-    model_fn: ModelFn,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    resample: int = 1,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    model_fn: ModelFn, image: torch.Tensor, mask: torch.Tensor, schedule: Schedule, num_steps: int, *,
+    resample: int = 1,  # RePaint jumps per step
+    clip_x0: bool = True, prediction: str = "eps",  # how the network's output is read, as in ddim_sample
+    generator: torch.Generator | None = None, progress: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """Fill ``mask`` (B, 1, H, W) bool (True = unknown) of ``image`` (B, C, H, W) in [-1, 1] → (B, C, H, W)."""
     check_mask(mask, image)
     if int(resample) < 1:

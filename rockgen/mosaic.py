@@ -153,17 +153,10 @@ def _save_state(path: Path, state: dict) -> None:
 
 @torch.no_grad()
 def sample_mosaic(
-    model_fn: MosaicModel,
-    x_T: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    state_path: str | Path | None = None,
-    meta: dict | None = None,
-    progress: bool = True,
-) -> torch.Tensor:
+    model_fn: MosaicModel, x_T: torch.Tensor, schedule: Schedule, num_steps: int, *,
+    clip_x0: bool = True, prediction: str = "eps",  # how the network's output is read, as in ddim_sample
+    state_path: str | Path | None = None, meta: dict | None = None, progress: bool = True,
+) -> torch.Tensor:  # fmt: skip
     """DDIM over the canvas x_T (1, C, H, W) → x_0, saving (step, x_t) to ``state_path`` after every step.
 
     If ``state_path`` holds a partial state with the same ``meta`` (shape, steps, seed, checkpoint ...), the

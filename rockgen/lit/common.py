@@ -131,3 +131,8 @@ def log_image_file(module: pl.LightningModule, key: str, path: Path, caption: st
 def run_dir_of(module: pl.LightningModule) -> Path:
     """The run directory (the trainer's default_root_dir, set by the CLI to Hydra's output dir)."""
     return Path(module.trainer.default_root_dir)
+
+
+def step_image_path(module: pl.LightningModule, stem: str) -> Path:
+    """``<run dir>/images/<stem>_step<global step>.png``: where a validation grid of this step goes."""
+    return run_dir_of(module) / "images" / f"{stem}_step{module.global_step:07d}.png"

@@ -16,7 +16,7 @@ import torch
 
 from rockgen.conditioning import drop_labels
 from rockgen.diffusion import diffusion_loss, to_eps_and_x0
-from rockgen.lit.common import log_image_file, run_dir_of
+from rockgen.lit.common import log_image_file, step_image_path
 from rockgen.lit.recon_eval import ReconstructionEvaluator
 from rockgen.methods.diffae import DiffAEMethod
 from rockgen.visual import save_grid, upscale_to
@@ -151,7 +151,7 @@ class DiffAELatentDDIM(DiffAEMethod):
         if host.global_rank == 0:
             x_T = torch.randn(n, 3, self.image_size, self.image_size, generator=gen, device=device)
             images = self.render(x_T, self.denormalise_latents(zn))
-            path = run_dir_of(host) / "images" / f"samples_step{host.global_step:07d}.png"
+            path = step_image_path(host, "samples")
             save_grid(upscale_to(images, 96), path, nrow=nrow)
             what = f"rows: {self.classes}, guidance {guidance}" if cls is not None else "unconditional samples"
             log_image_file(host, "val/samples", path, caption=f"{what}, step {host.global_step}")

@@ -34,7 +34,7 @@ from rockgen.conditioning import (
 )
 from rockgen.config import DiffusionConf, parse, to_plain
 from rockgen.diffusion import Schedule, diffusion_loss
-from rockgen.lit.common import log_image_file, run_dir_of
+from rockgen.lit.common import log_image_file, step_image_path
 from rockgen.methods.base import Method, SampleRequest, plain_sections, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode
 from rockgen.models import ConditionalUNet, UNetConfig
@@ -219,7 +219,7 @@ class PixelDDPM(Method):
             caption = "rows: DDIM-" + ", ".join(map(str, conf.T))
         path = save_grid(
             upscale_to(torch.cat(rows).cpu(), 96),
-            run_dir_of(host) / "images" / f"val_step{host.global_step:07d}.png",
+            step_image_path(host, "val"),
             nrow=per,
         )
         log_image_file(host, "val/samples", path, caption=caption)

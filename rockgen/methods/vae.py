@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from rockgen.config import parse, to_plain
-from rockgen.lit.common import check_images, log_image_file, run_dir_of
+from rockgen.lit.common import check_images, log_image_file, step_image_path
 from rockgen.methods.base import Device, Method, SampleRequest, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models.vit_ae import ViTAEConfig, ViTAutoencoder, kl_to_standard_normal, reparameterize
@@ -284,7 +284,7 @@ class VAE(Method):
             samples = self.sample(n, self.device, method="prior", seed=self.eval_conf.seed).cpu()
             path = save_grid(
                 torch.cat([*self._grid, samples]),
-                run_dir_of(host) / "images" / f"val_step{host.global_step:07d}.png",
+                step_image_path(host, "val"),
                 nrow=n,
             )
             caption = "rows: originals | reconstructions | prior samples"

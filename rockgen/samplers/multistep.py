@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -54,26 +56,41 @@ def _first_order(x: torch.Tensor, x0: torch.Tensor, a_t: float, a_s: float) -> t
     return ((1 - a_s) / (1 - a_t)) ** 0.5 * x - a_s**0.5 * math.expm1(-h) * x0, h
 
 
+@dataclass(frozen=True)
+class SolverOptions:
+    """The keyword options of both solvers: ``solver(model_fn, x, schedule, num_steps, **options)``. ``eta`` (0
+    only: the solvers are deterministic) and ``generator`` are accepted too, so every sampler takes one call."""
+
+    clip_x0: bool = True  # clamp x̂_0 to [-1, 1], as ddim_sample
+    prediction: str = "eps"  # what the network outputs: eps | x0 | v
+    spacing: str = "logsnr"  # the rule choosing the N steps (rockgen.samplers.spacing)
+    progress: bool = False  # a progress bar
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (i, x, x̂_0) after each step
+
+
+def _solver_options(options: dict[str, Any], name: str) -> SolverOptions:
+    """The options of a solver call, checked: η > 0 is refused (an ODE solver), unknown names are a TypeError."""
+    options = dict(options)
+    eta = options.pop("eta", 0.0)
+    options.pop("generator", None)
+    if eta:
+        raise ValueError(f"sampler={name} is deterministic (an ODE solver): eta={eta} needs sampler=ddim")
+    unknown = sorted(set(options) - {f.name for f in fields(SolverOptions)})
+    if unknown:
+        raise TypeError(f"{name}: unexpected arguments {unknown}")
+    return SolverOptions(**options)
+
+
 @torch.no_grad()
-def dpmpp_2m_sample(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    spacing: str = "logsnr",
-    progress: bool = False,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    **unused,
-) -> torch.Tensor:
+def dpmpp_2m_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, **options) -> torch.Tensor:
     """DPM-Solver++(2M) from x_T (B, ...) at the first step of ``spacing`` down to x_0 (B, ...); N network calls.
 
-    ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``.
+    ``options``: ``SolverOptions``; ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like
+    ``ddim_sample``.
     """
-    _reject_stochastic(unused, "dpmpp_2m")
-    ts, abar = _grid(schedule, num_steps, spacing)
+    opt = _solver_options(options, "dpmpp_2m")
+    clip_x0, prediction, progress, callback = opt.clip_x0, opt.prediction, opt.progress, opt.callback
+    ts, abar = _grid(schedule, num_steps, opt.spacing)
     n = len(ts)
     x0_prev, h_prev = None, None
     for i in tqdm(range(n), desc="DPM-Solver++", disable=not progress, leave=False):
@@ -107,22 +124,14 @@ def _unic_rhos(h: float, rk: float | None) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def unipc_sample(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    spacing: str = "logsnr",
-    progress: bool = False,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    **unused,
-) -> torch.Tensor:
-    """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls."""
-    _reject_stochastic(unused, "unipc")
-    ts, abar = _grid(schedule, num_steps, spacing)
+def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, **options) -> torch.Tensor:
+    """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls.
+
+    ``options``: ``SolverOptions``, as ``dpmpp_2m_sample``.
+    """
+    opt = _solver_options(options, "unipc")
+    clip_x0, prediction, progress, callback = opt.clip_x0, opt.prediction, opt.progress, opt.callback
+    ts, abar = _grid(schedule, num_steps, opt.spacing)
     lam = [_lam(a) for a in abar]
     n = len(ts)
     hist: list[torch.Tensor] = []  # x̂_0 at the kept steps visited so far (last two used)
@@ -153,13 +162,3 @@ def unipc_sample(
         if callback is not None:
             callback(n - 1 - i, x, x0)
     return x
-
-
-def _reject_stochastic(unused: dict, name: str) -> None:
-    """The ODE solvers are deterministic: refuse η > 0 instead of silently ignoring it."""
-    eta = unused.pop("eta", 0.0)
-    unused.pop("generator", None)
-    if eta:
-        raise ValueError(f"sampler={name} is deterministic (an ODE solver): eta={eta} needs sampler=ddim")
-    if unused:
-        raise TypeError(f"{name}: unexpected arguments {sorted(unused)}")
