@@ -142,3 +142,14 @@ def test_old_and_new_key_layouts_both_load():
         fresh = build("demo_pixel")
         fresh.load_state_dict(layout)
         assert all(torch.equal(fresh.state_dict()[k], v) for k, v in state.items())
+
+
+def test_the_module_reads_and_sets_its_methods_attributes():
+    module = build("demo_latent")
+    assert module.latent_conf is module.method.latent_conf and module.model is module.method.model
+    module.code_class = torch.tensor([0, 1])  # as the latent stage's set-up does: the method must see it
+    assert torch.equal(module.method.code_class, torch.tensor([0, 1])) and "code_class" not in module.__dict__
+    module.poison_step = 3  # a name the method does not hold stays on the module (e.g. a test subclass's)
+    assert module.poison_step == 3 and not hasattr(module.method, "poison_step")
+    with pytest.raises(AttributeError):
+        module.no_such_attribute  # noqa: B018

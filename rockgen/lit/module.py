@@ -3,7 +3,8 @@
 The method is a child module named ``method``, but checkpoints keep the keys they always had (``model.*``,
 ``ema_model.*``, ``latent_mean``, ...): the prefix is dropped when the state dict is written and added back
 when one is loaded, so checkpoints of either layout load. The module answers for its method: ``module.sample``,
-``module.encode``, ``module.ema_model`` are the method's (attribute look-up falls through to it).
+``module.encode``, ``module.ema_model`` are the method's (attribute look-up falls through to it, and setting an
+attribute the method holds sets it on the method).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ class MethodModule(RockgenModule):
             if method is None or name.startswith("__"):
                 raise
             return getattr(method, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # an attribute the method holds is set on the method (``module.code_class = ...`` must reach it), not
+        # shadowed by a copy on the module that the method's own code would never read
+        method = self.__dict__.get("_modules", {}).get("method")
+        own = name in self.__dict__ or hasattr(type(self), name) or name in ("method", "training")
+        if method is not None and not own and hasattr(method, name):
+            setattr(method, name, value)
+        else:
+            super().__setattr__(name, value)
 
     # ---------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
