@@ -4,7 +4,7 @@ A ``Method`` is an ``nn.Module`` holding its networks (``model``, the trained co
 that samples, or None) and buffers, and declares
 
     loss(batch) -> (loss, logs)                    the training objective of one batch (logs: unprefixed scalars)
-    optimizer_setup() -> (params, OptimConf)      what the optimiser updates (parameters or torch param groups)
+    optimizer_setup() -> (params, OptimConf)       what the optimiser updates (parameters or torch param groups)
     ema_policy() -> (EMAConf, [(ema, net)])        the EMA policy: which (EMA copy, trained net) pairs move
     setup / validation_start / validation_step / validation_end(host, ...)   Lightning-time work, given the host
     the generation protocol of ``rockgen.methods.protocol`` (sample, generation_modes, reconstruction_codes)

@@ -168,7 +168,7 @@ class DiffAEMethod(Method):
     # ---------------------------------------------------------------- generation protocol (rockgen.methods.protocol)
     def generation_modes(self, T: int = 20, T_latent: int = 20) -> list[GenerationMode]:
         """Latent DDIM-T_latent → render DDIM-T; without a trained latent stage, render with random z_sem."""
-        if self.has_latent and bool(self.latent_ready):
+        if self.sample_unavailable() is None:
 
             def sample(n: int, seed: int, warm: bool) -> torch.Tensor:
                 return self.sample(n, self.device, T=2 if warm else T, T_latent=2 if warm else T_latent, seed=seed)
