@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
 from rockgen.mosaic import MosaicModel, window_origins
-from rockgen.samplers.ddim import ModelFn, _abar_at, _predict, ddim_step, ddim_timesteps
+from rockgen.samplers.ddim import ModelFn, _predict, ddim_descent, ddim_step
 
 
 def check_mask(mask: torch.Tensor, image: torch.Tensor, mask_name: str = "mask", image_name: str = "image") -> None:
@@ -66,23 +66,16 @@ def fill_for_encoding(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def inpaint_sample(
-    model_fn: ModelFn,
-    image: torch.Tensor,
-    mask: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    resample: int = 1,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+    model_fn: ModelFn, image: torch.Tensor, mask: torch.Tensor, schedule: Schedule, num_steps: int, *,
+    resample: int = 1,  # RePaint jumps per step
+    clip_x0: bool = True, prediction: str = "eps",  # how the network's output is read, as in ddim_sample
+    generator: torch.Generator | None = None, progress: bool = False,
+) -> torch.Tensor:  # fmt: skip
     """Fill ``mask`` (B, 1, H, W) bool (True = unknown) of ``image`` (B, C, H, W) in [-1, 1] → (B, C, H, W)."""
     check_mask(mask, image)
     if int(resample) < 1:
         raise ValueError(f"resample must be >= 1, got {resample}")
-    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
+    descent = ddim_descent(schedule, num_steps)
 
     def noise():
         return torch.randn(image.shape, generator=generator, dtype=image.dtype).to(image.device)
@@ -90,15 +83,12 @@ def inpaint_sample(
     def known_at(abar: float) -> torch.Tensor:
         return image if abar >= 1 else abar**0.5 * image + (1 - abar) ** 0.5 * noise()
 
-    a_top = _abar_at(schedule, steps[-1])
-    x = torch.where(mask, noise(), known_at(a_top))
-    for i in tqdm(range(len(steps) - 1, -1, -1), desc="inpaint", disable=not progress, leave=False):
-        t, s = steps[i], steps[i - 1] if i > 0 else -1
-        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+    x = torch.where(mask, noise(), known_at(descent[0][2]))
+    for i, t, a_t, a_s in tqdm(descent, desc="inpaint", disable=not progress, leave=False):
         for r in range(int(resample)):
             eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
             x_s = torch.where(mask, ddim_step(eps, x0, a_t, a_s), known_at(a_s))
-            if r + 1 < int(resample) and s >= 0:  # RePaint: back to t by q(x_t | x_s) and redo the step
+            if r + 1 < int(resample) and i > 0:  # RePaint: back to t by q(x_t | x_s) and redo the step
                 x = (a_t / a_s) ** 0.5 * x_s + (1 - a_t / a_s) ** 0.5 * noise()
             else:
                 x = x_s

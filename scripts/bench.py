@@ -443,23 +443,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="with --official: comma list of model.evaluation.inference_compile values for rockgen's render "
         "and inversion rows (none, freeze: TorchScript trace + freeze of the decoder, rockgen.models.inference)",
     )
-    p.add_argument(
-        "--malloc-tunables",
-        nargs="?",
-        const="both",
-        default="off",
-        choices=("off", "both", "only"),
-        help=f"rows with GLIBC_TUNABLES={MALLOC_TUNABLES} beside (both, the default when given) or "
-        "instead of (only) the rows without",
-    )
-    p.add_argument(
-        "--omp-passive",
-        nargs="?",
-        const="both",
-        default="off",
-        choices=("off", "both", "only"),
-        help="rows with OMP_WAIT_POLICY=PASSIVE beside (both) or instead of (only) the rows without",
-    )
+    for flag, what in (
+        ("--malloc-tunables", f"GLIBC_TUNABLES={MALLOC_TUNABLES}"),
+        ("--omp-passive", "OMP_WAIT_POLICY=PASSIVE"),
+    ):
+        p.add_argument(
+            flag,
+            nargs="?",
+            const="both",
+            default="off",
+            choices=("off", "both", "only"),
+            help=f"rows with {what} beside (both, the default when given) or instead of (only) the rows without",
+        )
     p.add_argument("--only", default=",".join(MEASUREMENTS), help="comma list of train,render,invert,encode")
     p.add_argument("--rounds", type=int, default=1, help="measure every config R times, interleaved")
     p.add_argument(
@@ -542,26 +537,9 @@ def main(argv=None) -> dict:
 
     table = format_table(rows)
     print(table)
-    result = {
-        "preset": args.preset,
-        "batch": args.batch,
-        "iters": args.iters,
-        "T": args.T,
-        "rounds": args.rounds,
-        "stat": args.stat,
-        "device": device,
-        "measurements": args.only,
-        "created": stamp,
-        "machine": machine_info(args.threads, device),
-        "malloc_tunables": MALLOC_TUNABLES,
-        "columns": list(COLUMNS),
-        "rows": rows,
-        "table": table,
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}", file=sys.stderr)
-    return result
+    extra = {"stat": args.stat, "device": device, "measurements": args.only, "malloc_tunables": MALLOC_TUNABLES}
+    head = {"preset": args.preset, **extra, "columns": list(COLUMNS)}
+    return _write_result(out, args, stamp, machine_info(args.threads, device), head, rows, table)
 
 
 def main_official(args) -> dict:
@@ -599,18 +577,14 @@ def main_official(args) -> dict:
                 print(bo.format_rows(rows[-1:]).splitlines()[1], file=sys.stderr, flush=True)
     table = bo.format_rows(rows)
     print(table)
-    result = {
-        "configs": configs,
-        "batch": args.batch,
-        "iters": args.iters,
-        "rounds": args.rounds,
-        "T": args.T,
-        "created": stamp,
-        "machine": machine_info(args.threads, device.type),
-        "official": str(Path(args.official).resolve()),
-        "rows": rows,
-        "table": table,
-    }
+    head = {"configs": configs, "official": str(Path(args.official).resolve())}
+    return _write_result(out, args, stamp, machine_info(args.threads, device.type), head, rows, table)
+
+
+def _write_result(out: Path, args, stamp: str, machine: dict, head: dict, rows: list, table: str) -> dict:
+    """Write a run's JSON: ``head``, the settings every run records, the machine, its rows and table."""
+    settings = {"batch": args.batch, "iters": args.iters, "T": args.T, "rounds": args.rounds, "created": stamp}
+    result = {**head, **settings, "machine": machine, "rows": rows, "table": table}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}", file=sys.stderr)

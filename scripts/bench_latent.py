@@ -8,7 +8,8 @@ MLP (512-d, 10 x 2048, 54.1 M) and the demo's (128-d, 4 x 256).
             with large chunks show what batching gives. "shared t" is rockgen's shortcut (one t for the whole
             batch: the time MLP and each layer's scale run on one row); "per-row t" turns it off.
     train   one training step of the latent stage at ``--train-batch``: diffusion loss of the normalised codes
-            (as rockgen.lit.stages.LatentStage), backward, AdamW step, EMA update -- what Lightning runs per step.
+            (as rockgen.methods.diffae_stages.DiffAELatentDDIM), backward, AdamW step, EMA update -- what Lightning
+            runs per step.
 
 Every row: one warm-up call, then ``--iters`` timed calls; codes/s = codes / median call time. The time for
 ``--codes`` codes is extrapolated linearly from the chunk's time when a chunk is smaller than ``--codes``.
@@ -32,10 +33,9 @@ from pathlib import Path
 import torch
 
 from rockgen.config import LatentConf
-from rockgen.diffusion import Schedule
+from rockgen.diffusion import Schedule, diffusion_loss
 from rockgen.ema import ema_update_module_
 from rockgen.lit.common import build_optimizer
-from rockgen.lit.stages import diffusion_loss
 from rockgen.models import LatentMLPConfig, MLPSkipNet, latent_mlp
 from rockgen.samplers import ddim_sample
 

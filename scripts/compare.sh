@@ -11,13 +11,10 @@
 # Environment: PYTHON (python), ROCKGEN_LOG_DIR (logs), DIFFAE_TEMPLATE (demo), PIXEL_TEMPLATE (demo_pixel),
 #   VAE_TEMPLATE (demo_vae), COMPARE_ARGS (extra overrides of task=compare; default adds fresh 64 and 128 px
 #   models of the full-size presets for the speed and memory rows).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"
 
 name=${1:-compare}
 shift || true
-py=${PYTHON:-python}
-log_dir=${ROCKGEN_LOG_DIR:-logs}
 ae_template=${DIFFAE_TEMPLATE:-demo}
 latent_template=${ae_template%_autoenc}_latent
 pixel_template=${PIXEL_TEMPLATE:-demo_pixel}

@@ -12,15 +12,12 @@
 # Outputs (each stage prints its run directory):
 #   logs/train/NAME-ae, logs/infer_latents/NAME (latents.pt, latents.npy),
 #   logs/train/NAME-latent, logs/generate/NAME (samples/*.png, grid.png), logs/interpolate/NAME (strip + GIF)
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/common.sh"
 
 name=${1:-pipeline}
 shift || true
-py=${PYTHON:-python}
 ae_template=${AE_TEMPLATE:-demo}
 latent_template=${LATENT_TEMPLATE:-${ae_template%_autoenc}_latent}
-log_dir=${ROCKGEN_LOG_DIR:-logs}
 read -r -a latent_args <<< "${LATENT_ARGS:-}"
 read -r -a generate_args <<< "${GENERATE_ARGS:-}"
 

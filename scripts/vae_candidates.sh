@@ -3,10 +3,7 @@
 # print each run's held-out reconstruction PSNR/SSIM (EMA net, z = μ). Runs already trained are only re-read.
 #   scripts/vae_candidates.sh [candidate ...]     (default: all below)
 # Environment: PYTHON (python), ROCKGEN_LOG_DIR (logs), EXTRA (overrides for every run, e.g. trainer.max_steps=300)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-py=${PYTHON:-python}
-log_dir=${ROCKGEN_LOG_DIR:-logs}
+source "$(dirname "$0")/common.sh"
 read -r -a extra <<< "${EXTRA:-}"
 # base = the demo_vae preset (spatial bottleneck + linear path); tokens = the preset before 2026-12-02
 declare -A cand=(

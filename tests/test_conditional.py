@@ -242,7 +242,7 @@ def test_autoencoder_checkpoints_from_before_the_class_field_still_match():
     """An autoencoder saved before UNetConfig.num_classes existed must still feed a latent stage."""
     import dataclasses
 
-    from rockgen.lit.latent_setup import _arch
+    from rockgen.methods.latent_setup import _arch
     from rockgen.models import UNetConfig
 
     new = {f.name: getattr(UNetConfig(), f.name) for f in dataclasses.fields(UNetConfig)}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rockgen.config import DiffusionConf, OptimConf
-from rockgen.diffusion import Schedule, q_sample, regression_loss, to_eps_and_x0, training_target
+from rockgen.diffusion import Schedule, diffusion_loss, q_sample, regression_loss, to_eps_and_x0, training_target
 from rockgen.diffusion.weighting import (
     high_start,
     importance_weight,
@@ -17,7 +17,6 @@ from rockgen.diffusion.weighting import (
     sample_timesteps_from,
     timestep_pmf,
 )
-from rockgen.lit.stages import diffusion_loss
 
 T = 50
 

@@ -61,12 +61,22 @@ BIOTITE = rgb("242220", "35312c", "1b1a19")
 
 
 # --------------------------------------------------------------------------------------------- rock types
-def _cobbles(rng: Rng, size: int) -> np.ndarray:
+def _ground(rng: Rng, size: int, colours: np.ndarray, jitter: float, texture: tuple, speckle: tuple[float, float]):
+    """Pixel grid, light direction and a base colour (one of ``colours``, ± ``jitter``) modulated by fBm
+    ``texture`` = (scale, octaves, offset, gain) and per-pixel ``speckle`` = (offset, gain).
+
+    Returns (yy, xx, light, colour (S, S, 3), the fBm texture (S, S))."""
     yy, xx = grid(size, size)
     light = unit_vector(rng)
-    matrix_col = pick(rng, MATRIX_COLOURS, 1, 0.12)[0]
-    grain = fbm(rng, yy, xx, 6.0, 3)
-    colour = matrix_col * (0.85 + 0.3 * grain)[..., None] * (0.9 + 0.2 * rng.random((size, size, 1)))
+    base = pick(rng, colours, 1, jitter)[0]
+    scale, octaves, offset, gain = texture
+    noise = fbm(rng, yy, xx, scale, octaves)
+    colour = base * (offset + gain * noise)[..., None] * (speckle[0] + speckle[1] * rng.random((size, size, 1)))
+    return yy, xx, light, colour, noise
+
+
+def _cobbles(rng: Rng, size: int) -> np.ndarray:
+    yy, xx, light, colour, _ = _ground(rng, size, MATRIX_COLOURS, 0.12, (6.0, 3, 0.85, 0.3), (0.9, 0.2))
     height = 1.5 * fbm(rng, yy, xx, 20.0, 2)
     # Rejection-sample stones, radii 4..15 px (8-30 cm) skewed small; neighbours may touch, barely overlap.
     stones: list[tuple[float, float, float]] = []
@@ -138,11 +148,7 @@ def _layered(rng: Rng, size: int) -> np.ndarray:
 
 
 def _fractured(rng: Rng, size: int) -> np.ndarray:
-    yy, xx = grid(size, size)
-    light = unit_vector(rng)
-    base = pick(rng, MASSIVE_COLOURS, 1, 0.1)[0]
-    mottle = fbm(rng, yy, xx, 18.0, 4)
-    colour = base * (0.88 + 0.22 * mottle)[..., None] * (0.96 + 0.08 * rng.random((size, size, 1)))
+    yy, xx, light, colour, mottle = _ground(rng, size, MASSIVE_COLOURS, 0.1, (18.0, 4, 0.88, 0.22), (0.96, 0.08))
     crack = np.zeros((size, size))
     stain = np.zeros((size, size))
     n_sets = 2 + int(rng.random() < 0.5)

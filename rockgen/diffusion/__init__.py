@@ -9,10 +9,12 @@ from rockgen.diffusion.gaussian import (
     training_target,
     x0_from_eps,
 )
+from rockgen.diffusion.objective import diffusion_loss
 from rockgen.diffusion.schedules import Schedule, extract, make_betas
 
 __all__ = [
     "Schedule",
+    "diffusion_loss",
     "eps_from_x0",
     "extract",
     "make_betas",

@@ -20,7 +20,17 @@ from typing import Any
 
 from rockgen.explore.canvas import MASK_PRESETS
 from rockgen.explore.service import ExploreService
-from rockgen.explore.ui import CONTROL, MODEL, Outputs, as_ui_error, gr, picker, progress_fn
+from rockgen.explore.ui import (
+    CONTROL,
+    Outputs,
+    action_buttons,
+    as_ui_error,
+    gr,
+    picker,
+    progress_fn,
+    result_area,
+    wire_action,
+)
 from rockgen.inpaint import comparison_image
 from rockgen.visual import to_uint8
 
@@ -61,12 +71,9 @@ def build_app(
                     visible=bool(feat.classes),
                 )
                 guidance = gr.Slider(0, 10, value=1, step=0.1, label="guidance w", visible=feat.guidance)
-            with gr.Row():
-                go = gr.Button("Sample", variant="primary", interactive=feat.can_sample, elem_id="sample-button")
-                stop = gr.Button("Cancel", elem_id="sample-cancel")
+            go, stop = action_buttons("Sample", "sample-button", interactive=feat.can_sample, stop_id="sample-cancel")
             gallery = gr.Gallery(label="samples", columns=8, format="png", object_fit="contain")
-            info = gr.Markdown()
-            png = gr.File(label="PNG grid")
+            info, png = result_area("PNG grid")
 
             @as_ui_error
             def sample(n, seed, steps, lsteps, sampler, cls, guidance, progress=gr.Progress()):  # noqa: B008
@@ -76,14 +83,8 @@ def build_app(
                 )
                 return out.tiles(images), text, out.save("sample", images)
 
-            go.click(
-                sample,
-                [n, seed, steps, lsteps, sampler, cls, guidance],
-                [gallery, info, png],
-                api_name="sample",
-                **MODEL,
-            )
-            stop.click(service.cancel, None, info, api_name="cancel", **CONTROL)
+            ins, outs = [n, seed, steps, lsteps, sampler, cls, guidance], [gallery, info, png]
+            wire_action(service, (go, stop), sample, ins, outs, "sample", cancel_api="cancel")
 
         with gr.Tab("Encode & reconstruct"):
             with gr.Row():
@@ -92,12 +93,9 @@ def build_app(
                     picker(service, tiles, rec_in, "…or pick a tile")
                     rec_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps (inversion and rendering)")
                     rec_seed = gr.Number(0, precision=0, label="seed of the random x_T")
-                    with gr.Row():
-                        rec_go = gr.Button("Encode & reconstruct", variant="primary", elem_id="reconstruct-button")
-                        rec_stop = gr.Button("Cancel")
+                    rec_go, rec_stop = action_buttons("Encode & reconstruct", "reconstruct-button")
             rec_gallery = gr.Gallery(label="input | inferred x_T | z_sem only", columns=3, format="png")
-            rec_info = gr.Markdown()
-            rec_png = gr.File(label="PNG strip")
+            rec_info, rec_png = result_area("PNG strip")
 
             @as_ui_error
             def reconstruct(path, T, seed, progress=gr.Progress()):  # noqa: B008
@@ -114,14 +112,8 @@ def build_app(
                 )
                 return list(zip(out.tiles(images), captions, strict=True)), text, out.save("reconstruct", images)
 
-            rec_go.click(
-                reconstruct,
-                [rec_in, rec_T, rec_seed],
-                [rec_gallery, rec_info, rec_png],
-                api_name="reconstruct",
-                **MODEL,
-            )
-            rec_stop.click(service.cancel, None, rec_info, api_visibility="private", **CONTROL)
+            ins, outs = [rec_in, rec_T, rec_seed], [rec_gallery, rec_info, rec_png]
+            wire_action(service, (rec_go, rec_stop), reconstruct, ins, outs, "reconstruct")
 
         with gr.Tab("Interpolate"):
             with gr.Row():
@@ -132,15 +124,12 @@ def build_app(
                     picker(service, tiles, b, "…or pick tile B")
                     frames = gr.Slider(2, min(32, max_n), value=min(8, max_n), step=1, label="frames")
                     int_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
-                    with gr.Row():
-                        int_go = gr.Button("Interpolate", variant="primary", elem_id="interpolate-button")
-                        int_stop = gr.Button("Cancel")
+                    int_go, int_stop = action_buttons("Interpolate", "interpolate-button")
             frame = gr.Slider(0, 7, value=0, step=1, label="frame (0 = A, last = B)")
             frame_view = gr.Image(label="frame", format="png", interactive=False)
             int_state = gr.State([])
             int_gallery = gr.Gallery(label="all frames (z_sem lerped, x_T slerped)", columns=8, format="png")
-            int_info = gr.Markdown()
-            int_png = gr.File(label="PNG strip")
+            int_info, int_png = result_area("PNG strip")
 
             @as_ui_error
             def interpolate(path_a, path_b, frames, T, progress=gr.Progress()):  # noqa: B008
@@ -157,13 +146,8 @@ def build_app(
                     out.save("interpolate", images, nrow=len(views)),
                 )
 
-            int_go.click(
-                interpolate,
-                [a, b, frames, int_T],
-                [int_state, frame_view, frame, int_gallery, int_info, int_png],
-                api_name="interpolate",
-                **MODEL,
-            )
+            ins, outs = [a, b, frames, int_T], [int_state, frame_view, frame, int_gallery, int_info, int_png]
+            wire_action(service, (int_go, int_stop), interpolate, ins, outs, "interpolate")
             frame.change(
                 lambda views, i: views[int(i)] if views and int(i) < len(views) else None,
                 [int_state, frame],
@@ -171,7 +155,6 @@ def build_app(
                 api_visibility="private",
                 **CONTROL,
             )
-            int_stop.click(service.cancel, None, int_info, api_visibility="private", **CONTROL)
 
         with gr.Tab("Manipulate"):
             if not feat.can_manipulate:
@@ -188,17 +171,10 @@ def build_app(
                     )
                     alpha = gr.Slider(-1, 1, value=0.3, step=0.05, label="α (step along the class direction, × √D)")
                     man_T = gr.Slider(1, 200, value=T, step=1, label="DDIM steps")
-                    with gr.Row():
-                        man_go = gr.Button(
-                            "Manipulate",
-                            variant="primary",
-                            interactive=feat.can_manipulate,
-                            elem_id="manipulate-button",
-                        )
-                        man_stop = gr.Button("Cancel")
+                    manip = feat.can_manipulate
+                    man_go, man_stop = action_buttons("Manipulate", "manipulate-button", interactive=manip)
             man_gallery = gr.Gallery(label="input | reconstruction (α = 0) | manipulated", columns=3, format="png")
-            man_info = gr.Markdown()
-            man_png = gr.File(label="PNG strip")
+            man_info, man_png = result_area("PNG strip")
 
             @as_ui_error
             def manipulate(path, target, alpha, T, progress=gr.Progress()):  # noqa: B008
@@ -207,14 +183,8 @@ def build_app(
                 captions = ["input", "α = 0", f"α = {float(alpha):g}"]
                 return list(zip(out.tiles(images), captions, strict=True)), text, out.save("manipulate", images)
 
-            man_go.click(
-                manipulate,
-                [man_in, target, alpha, man_T],
-                [man_gallery, man_info, man_png],
-                api_name="manipulate",
-                **MODEL,
-            )
-            man_stop.click(service.cancel, None, man_info, api_visibility="private", **CONTROL)
+            ins, outs = [man_in, target, alpha, man_T], [man_gallery, man_info, man_png]
+            wire_action(service, (man_go, man_stop), manipulate, ins, outs, "manipulate")
 
         with gr.Tab("Inpaint"):
             with gr.Row():
@@ -235,12 +205,9 @@ def build_app(
                     with gr.Row():
                         inp_seed = gr.Number(0, precision=0, label="seed")
                         resample = gr.Slider(1, 10, value=1, step=1, label="resample (RePaint jumps per step)")
-                    with gr.Row():
-                        inp_go = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
-                        inp_stop = gr.Button("Cancel")
+                    inp_go, inp_stop = action_buttons("Inpaint", "inpaint-button")
             inp_view = gr.Image(label="input, hole in magenta | result", format="png", interactive=False)
-            inp_info = gr.Markdown()
-            inp_png = gr.File(label="inpainted PNG (native resolution)")
+            inp_info, inp_png = result_area("inpainted PNG (native resolution)")
 
             @as_ui_error
             def inpaint(path, mask_path, preset, size, T, seed, resample, progress=gr.Progress()):  # noqa: B008
@@ -254,14 +221,8 @@ def build_app(
                 out.save_array("inpaint", view, "_comparison", n)
                 return view, text, out.save_array("inpaint", result, n=n)
 
-            inp_go.click(
-                inpaint,
-                [inp_in, inp_mask, preset, hole, inp_T, inp_seed, resample],
-                [inp_view, inp_info, inp_png],
-                api_name="inpaint",
-                **MODEL,
-            )
-            inp_stop.click(service.cancel, None, inp_info, api_visibility="private", **CONTROL)
+            ins, outs = [inp_in, inp_mask, preset, hole, inp_T, inp_seed, resample], [inp_view, inp_info, inp_png]
+            wire_action(service, (inp_go, inp_stop), inpaint, ins, outs, "inpaint")
 
         with gr.Tab("Mosaic"):
             S = service.image_size
@@ -290,12 +251,9 @@ def build_app(
                     mos_lT = gr.Slider(1, 200, value=T_latent, step=1, label="latent steps (latent draws)")
                     mos_batch = gr.Slider(1, 64, value=service.batch_size, step=1, label="windows per forward pass")
                     gr.Markdown(f"At most {service.max_mosaic_pixels} px (`max_mosaic_pixels`); windows of {S} px.")
-                    with gr.Row():
-                        mos_go = gr.Button("Mosaic", variant="primary", elem_id="mosaic-button")
-                        mos_stop = gr.Button("Cancel")
+                    mos_go, mos_stop = action_buttons("Mosaic", "mosaic-button")
             mos_view = gr.Image(label="mosaic", format="png", interactive=False)
-            mos_info = gr.Markdown()
-            mos_png = gr.File(label="mosaic PNG (native resolution)")
+            mos_info, mos_png = result_area("mosaic PNG (native resolution)")
 
             @as_ui_error
             def mosaic(width, height, seed, T, z_sem, path, T_latent, batch, progress=gr.Progress()):  # noqa: B008
@@ -307,14 +265,8 @@ def build_app(
                 image = to_uint8(image01)[0]
                 return out.enlarge(image, service.image_size), text, out.save_array("mosaic", image)
 
-            mos_go.click(
-                mosaic,
-                [mos_w, mos_h, mos_seed, mos_T, z_sem, mos_in, mos_lT, mos_batch],
-                [mos_view, mos_info, mos_png],
-                api_name="mosaic",
-                **MODEL,
-            )
-            mos_stop.click(service.cancel, None, mos_info, api_visibility="private", **CONTROL)
+            ins, outs = [mos_w, mos_h, mos_seed, mos_T, z_sem, mos_in, mos_lT, mos_batch], [mos_view, mos_info, mos_png]
+            wire_action(service, (mos_go, mos_stop), mosaic, ins, outs, "mosaic")
 
         def jobs() -> str:
             """The finished jobs (id, name, status, start/end in monotonic seconds) as JSON."""

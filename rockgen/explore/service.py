@@ -15,11 +15,10 @@ degrade to a message instead of failing:
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,64 +27,13 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from rockgen.data.images import ImageReadError, image_size
 from rockgen.explore.canvas import load_canvas, preset_mask
+from rockgen.explore.features import ExploreSettings, detect_features
 from rockgen.explore.jobs import JobRunner, ProgressFn
 from rockgen.inpaint import check_mask, inpaint_image, load_mask
 from rockgen.latent_ops import FITS, LinearClassifier, code_labels, fit_linear_classifier, interpolate, manipulate
 from rockgen.latent_ops import load_image_tensor as _load_image_tensor
 from rockgen.latents import Latents
 from rockgen.mosaic import MosaicModel, diffae_mosaic, window_origins
-
-
-@dataclass
-class Features:
-    """What the loaded checkpoint (and latents file) support; ``*_message`` says why something is off."""
-
-    can_sample: bool
-    sample_message: str
-    classes: list[str] | None = None  # class-conditional latent DDIM: the names ``sample(cls=...)`` takes
-    guidance: bool = False  # ``sample(guidance=w)``: classifier-free guidance
-    samplers: list[str] = field(default_factory=lambda: ["ddim"])
-    can_manipulate: bool = False
-    manipulate_message: str = ""
-    manipulate_classes: list[str] = field(default_factory=list)
-
-
-def detect_features(model, latents: Latents | None, labels: list[str | None] | None) -> Features:
-    """Feature checks on ``model.sample``'s signature and the model's attributes (not on its class)."""
-    params = inspect.signature(model.sample).parameters if hasattr(model, "sample") else {}
-    ready = bool(getattr(model, "has_latent", False)) and bool(getattr(model, "latent_ready", False))
-    msg = (
-        ""
-        if ready
-        else "Sampling is off: this checkpoint has no trained latent DDIM (stage 2), so it cannot draw z_sem. "
-        "Train one with template=demo_latent (or rock*_latent) and open that checkpoint; the other tabs work."
-    )
-    classes = getattr(model, "classes", None) if "cls" in params else None
-    samplers = ["ddim"]
-    if "sampler" in params:
-        from rockgen import samplers as sampler_module
-
-        samplers = sorted(getattr(sampler_module, "SAMPLERS", {"ddim": None})) or ["ddim"]
-    feat = Features(
-        can_sample=ready,
-        sample_message=msg,
-        classes=list(classes) if classes else None,
-        guidance=bool(classes) and "guidance" in params,
-        samplers=samplers,
-    )
-    if latents is None:
-        feat.manipulate_message = (
-            "Manipulation is off: start the explorer with latents_path=<latents.pt of this model>."
-        )
-    elif labels is None or len({lab for lab in labels if lab}) < 2:
-        feat.manipulate_message = (
-            "Manipulation is off: the latents file's images carry fewer than two class labels "
-            "(sub-folder names, or labels_csv=...)."
-        )
-    else:
-        feat.can_manipulate = True
-        feat.manipulate_classes = sorted({lab for lab in labels if lab})
-    return feat
 
 
 def psnr(pred01: torch.Tensor, target01: torch.Tensor) -> list[float]:
@@ -114,27 +62,25 @@ class ExploreService:
         model,
         latents: Latents | None = None,
         labels_csv: str | None = None,
-        fit: str = "crop",
-        max_images: int = 64,
-        batch_size: int = 16,
-        holdout: float = 0.2,
-        seed: int = 0,
-        max_mosaic_pixels: int = 65536,
+        settings: ExploreSettings | None = None,
+        **overrides: Any,
     ) -> None:
-        if fit not in FITS:
-            raise ValueError(f"fit: must be one of {FITS}, got {fit!r}")
+        """``overrides``: fields of ``settings`` by name (e.g. ``ExploreService(model, max_mosaic_pixels=1024)``)."""
+        opts = dataclasses.replace(settings or ExploreSettings(), **overrides)
+        if opts.fit not in FITS:
+            raise ValueError(f"fit: must be one of {FITS}, got {opts.fit!r}")
         self.model = model.eval()
         self.latents = latents
-        self.fit = fit
-        self.max_images = int(max_images)
-        self.batch_size = int(batch_size)
-        self.max_mosaic_pixels = int(max_mosaic_pixels)
+        self.fit = opts.fit
+        self.max_images = int(opts.max_images)
+        self.batch_size = int(opts.batch_size)
+        self.max_mosaic_pixels = int(opts.max_mosaic_pixels)
         self.image_size = int(model.image_size)
         self._labels = (
             code_labels(latents, labels_csv) if latents is not None and _has_labels(latents, labels_csv) else None
         )
         self.features = detect_features(model, latents, self._labels)
-        self._holdout, self._seed = float(holdout), int(seed)
+        self._holdout, self._seed = float(opts.holdout), int(opts.seed)
         self._classifier: LinearClassifier | None = None
         ema = model.ema_model
         nets = [ema.encoder, ema.decoder] + ([ema.latent_net] if getattr(ema, "latent_net", None) is not None else [])
@@ -177,7 +123,7 @@ class ExploreService:
         if sampler not in self.features.samplers:
             raise ValueError(f"sampler: this checkpoint offers {self.features.samplers}, got {sampler!r}")
         kwargs: dict[str, Any] = {}
-        if "sampler" in inspect.signature(self.model.sample).parameters:
+        if "sampler" in self.model.sample_options:
             kwargs["sampler"] = sampler
         if cls and not self.features.classes:
             raise ValueError(f"class {cls!r}: this checkpoint's latent DDIM is unconditional (no classes)")

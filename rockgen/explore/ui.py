@@ -30,6 +30,28 @@ MODEL = {"concurrency_limit": 1, "concurrency_id": "model"}
 CONTROL = {"concurrency_limit": None, "concurrency_id": "control"}
 
 
+def action_buttons(label: str, elem_id: str, interactive: bool | None = None, stop_id: str | None = None) -> tuple:
+    """A row with a tab's primary button and its Cancel button: (go, stop)."""
+    with gr.Row():
+        go = gr.Button(label, variant="primary", interactive=interactive, elem_id=elem_id)
+        return go, gr.Button("Cancel", elem_id=stop_id)
+
+
+def result_area(png_label: str) -> tuple:
+    """The text line (timings, errors) and the PNG download under a tab's results."""
+    return gr.Markdown(), gr.File(label=png_label)
+
+
+def wire_action(service, buttons: tuple, fn, inputs: list, outputs: list, api_name: str, cancel_api: str | None = None):
+    """Buttons (go, stop): go runs ``fn`` in the model group (API endpoint ``api_name``), stop cancels the running
+    job and reports in the first Markdown of ``outputs`` (a private endpoint unless ``cancel_api`` names it)."""
+    go, stop = buttons
+    go.click(fn, inputs, outputs, api_name=api_name, **MODEL)
+    info = next(o for o in outputs if isinstance(o, gr.Markdown))
+    visibility = {"api_name": cancel_api} if cancel_api else {"api_visibility": "private"}
+    stop.click(service.cancel, None, info, **visibility, **CONTROL)
+
+
 class Outputs:
     """Numbered PNG files of the session's results under ``run_dir/<action>/``."""
 

@@ -1,4 +1,4 @@
-"""Pieces shared by every rockgen LightningModule: optimiser, input checks, NaN guard, image logging."""
+"""Pieces shared by rockgen's LightningModule and methods: optimiser, input checks, NaN guard, image logging."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from rockgen.config import EMAConf, OptimConf
-from rockgen.ema import ema_decay, ema_update_module_
+from rockgen.config import OptimConf
 
 log = logging.getLogger(__name__)
 
@@ -21,18 +20,6 @@ CLASS_KEY = "rockgen_class"
 class RockgenModule(pl.LightningModule):
     """Base class: records its own import path in each checkpoint so ``load_checkpoint_module`` can rebuild any
     module, and frees the gradients right after each optimizer step."""
-
-    def train(self, mode: bool = True):
-        """Train mode for the trained nets only: the EMA copy (``ema_model``, when present) stays in eval mode.
-
-        Lightning calls ``module.train()`` before every training epoch; without this the EMA nets would render
-        and encode with dropout active (wrong samples from a callback or a bench between training steps).
-        """
-        super().train(mode)
-        ema = getattr(self, "ema_model", None)
-        if isinstance(ema, torch.nn.Module):
-            ema.eval()
-        return self
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
@@ -146,18 +133,6 @@ def run_dir_of(module: pl.LightningModule) -> Path:
     return Path(module.trainer.default_root_dir)
 
 
-def ema_step(module: RockgenModule, conf: EMAConf) -> None:
-    """Move ``module.ema_model`` toward ``module.model`` after an optimizer step (EMAConf's decay/warm-up)."""
-    decay = ema_decay(module.trainer.global_step, conf.decay, "tf" if conf.warmup else None)
-    ema_update_module_(module.ema_model, module.model, decay)
-
-
-def seeded_generator(seed: int | None, device: torch.device | str) -> torch.Generator | None:
-    """A generator on ``device`` seeded with ``seed``; None (the global RNG) when seed is None."""
-    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
-
-
-def warn_unused(owner: str, kwargs: dict[str, Any]) -> None:
-    """Sampling options another model understands (e.g. ``T_latent``) are ignored, with one log line."""
-    if kwargs:
-        log.warning("%s.sample ignores %s", owner, sorted(kwargs))
+def step_image_path(module: pl.LightningModule, stem: str) -> Path:
+    """``<run dir>/images/<stem>_step<global step>.png``: where a validation grid of this step goes."""
+    return run_dir_of(module) / "images" / f"{stem}_step{module.global_step:07d}.png"

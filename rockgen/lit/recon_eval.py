@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from rockgen.config import EvalConf
-from rockgen.lit.common import run_dir_of
+from rockgen.lit.common import step_image_path
 from rockgen.samplers import ddim_invert, ddim_sample
 from rockgen.visual import save_grid, upscale_to
 
@@ -114,7 +114,7 @@ class ReconstructionEvaluator:
             n = self.conf.grid_images
             keep = torch.linspace(0, self._grid[0].shape[0] - 1, min(n, self._grid[0].shape[0])).round().long()
             rows = [upscale_to(r[keep], 96) for r in self._grid]  # 32-px tiles drawn large enough to judge
-            path = run_dir_of(module) / "images" / f"val_step{module.global_step:07d}.png"
+            path = step_image_path(module, "val")
             save_grid(torch.cat(rows), path, nrow=rows[0].shape[0])
             self._grid = None
         return scores, path

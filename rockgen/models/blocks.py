@@ -8,13 +8,14 @@ Module and parameter names follow the official code (phizaz/diffae `model/blocks
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from rockgen.models.nn import GroupNorm32, zero_module
+from rockgen.models.nn import GroupNorm32, as_tuple, check_ladder, to_config, zero_module
 
 
 def _upsample(x: torch.Tensor) -> torch.Tensor:
@@ -303,6 +304,30 @@ def build_down_path(
             widths.append(ch)
             resolution //= 2
     return blocks, widths, ch
+
+
+LADDER_FIELDS = ("in_channels", "image_size", "model_channels", "channel_mult", "num_res_blocks")
+LADDER_FIELDS += ("attention_resolutions", "num_heads", "resblock_updown")
+
+
+def down_path_of(cfg, make_block: Callable[..., ResBlock]) -> tuple[nn.ModuleList, list[int], int]:
+    """``build_down_path`` with the ladder of a checked network config (UNetConfig/EncoderConfig field names)."""
+    return build_down_path(make_block, *(getattr(cfg, name) for name in LADDER_FIELDS))
+
+
+def checked_ladder_config(cfg, cls: type, positive: Sequence[str]):
+    """``cfg`` (a ``cls`` or a mapping) as a ``cls`` with plain tuples, once its ladder (``check_ladder``), the
+    fields named in ``positive`` (>= 1) and its dropout (in [0, 1)) are valid; errors name ``cls.field``."""
+    name = cls.__name__
+    cfg = to_config(cfg, cls)
+    mult, attn = as_tuple(cfg.channel_mult), as_tuple(cfg.attention_resolutions)
+    check_ladder(name, cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads)
+    small = [field for field in positive if getattr(cfg, field) < 1]
+    if small:
+        raise ValueError(f"{name}.{small[0]} must be >= 1, got {getattr(cfg, small[0])}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"{name}.dropout must be in [0, 1), got {cfg.dropout}")
+    return replace(cfg, channel_mult=mult, attention_resolutions=attn)
 
 
 def build_middle_block(make_block: Callable[..., ResBlock], channels: int, num_heads: int) -> CondSequential:

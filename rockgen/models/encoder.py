@@ -15,14 +15,14 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import nn
 
-from rockgen.models.blocks import ResBlock, build_down_path, build_middle_block, run_block
-from rockgen.models.nn import GroupNorm32, as_tuple, check_ladder, to_config
+from rockgen.models.blocks import ResBlock, build_middle_block, checked_ladder_config, down_path_of, run_block
+from rockgen.models.nn import GroupNorm32
 
 
 @dataclass
@@ -54,32 +54,15 @@ class SemanticEncoder(nn.Module):
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
-        cfg = to_config(cfg, EncoderConfig)
-        mult, attn = as_tuple(cfg.channel_mult), as_tuple(cfg.attention_resolutions)
-        check_ladder("EncoderConfig", cfg.image_size, cfg.model_channels, mult, attn, cfg.num_res_blocks, cfg.num_heads)
-        for name in ("in_channels", "out_channels"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"EncoderConfig.{name} must be >= 1, got {getattr(cfg, name)}")
-        if not 0.0 <= cfg.dropout < 1.0:
-            raise ValueError(f"EncoderConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        cfg = checked_ladder_config(cfg, EncoderConfig, positive=("in_channels", "out_channels"))
         if cfg.z_norm not in Z_NORMS:
             raise ValueError(f"EncoderConfig.z_norm must be one of {Z_NORMS}, got {cfg.z_norm!r}")
-        self.cfg = cfg = replace(cfg, channel_mult=mult, attention_resolutions=attn)
+        self.cfg = cfg
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
         # No time condition at all: emb_channels=None selects the official single-conv ResBlock.
         make_block = partial(ResBlock, emb_channels=None, cond_channels=None, dropout=cfg.dropout)
-        self.input_blocks, _, ch = build_down_path(
-            make_block,
-            cfg.in_channels,
-            cfg.image_size,
-            cfg.model_channels,
-            mult,
-            cfg.num_res_blocks,
-            attn,
-            cfg.num_heads,
-            cfg.resblock_updown,
-        )
+        self.input_blocks, _, ch = down_path_of(cfg, make_block)
         self.middle_block = build_middle_block(make_block, ch, cfg.num_heads)
         self.out = nn.Sequential(
             GroupNorm32(ch),

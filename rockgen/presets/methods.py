@@ -4,7 +4,7 @@ each built from a ``Scale`` (so the networks of one resolution are defined once,
 from __future__ import annotations
 
 from rockgen.config import EvalConf, LatentConf
-from rockgen.lit.pixel import SampleGridConf
+from rockgen.methods.pixel import SampleGridConf
 from rockgen.models import EncoderConfig, UNetConfig, ViTAEConfig
 from rockgen.presets.scales import Scale
 from rockgen.presets.schema import AutoencModel, Budget, LatentModel, PixelModel, Preset, VAEModel
@@ -13,27 +13,26 @@ from rockgen.presets.schema import AutoencModel, Budget, LatentModel, PixelModel
 def unet_config(s: Scale, conditional: bool = True) -> UNetConfig:
     """The decoder of a scale; ``conditional=False`` drops z_sem (the pixel-DDPM baseline's UNet)."""
     return UNetConfig(
-        image_size=s.image_size,
-        model_channels=s.base,
+        **_trunk(s),
         channel_mult=s.decoder_mult,
-        num_res_blocks=s.num_res_blocks,
-        attention_resolutions=s.attention,
         dropout=s.dropout,
         embed_channels=s.embed_channels,
         cond_channels=s.z_channels if conditional else None,
-        gradient_checkpointing=s.checkpointing,
     )
 
 
 def encoder_config(s: Scale) -> EncoderConfig:
     """The semantic encoder of a scale (one level deeper than the decoder)."""
-    return EncoderConfig(
+    return EncoderConfig(**_trunk(s), channel_mult=s.encoder_mult, out_channels=s.z_channels)
+
+
+def _trunk(s: Scale) -> dict:
+    """What the decoder and the encoder of a scale share: resolution, width, depth, attention, checkpointing."""
+    return dict(
         image_size=s.image_size,
         model_channels=s.base,
-        channel_mult=s.encoder_mult,
         num_res_blocks=s.num_res_blocks,
         attention_resolutions=s.attention,
-        out_channels=s.z_channels,
         gradient_checkpointing=s.checkpointing,
     )
 

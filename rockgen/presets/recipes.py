@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf
-from rockgen.lit.pixel import SampleGridConf
+from rockgen.methods.pixel import SampleGridConf
 from rockgen.models import ViTAEConfig
 from rockgen.presets.methods import encoder_config, latent, unet_config
 from rockgen.presets.scales import DEMO

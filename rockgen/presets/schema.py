@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rockgen.config import DiffusionConf, EMAConf, EvalConf, LatentConf, OptimConf, to_plain
-from rockgen.lit.pixel import SampleGridConf
-from rockgen.lit.vae import VAEEvalConf
+from rockgen.methods.pixel import SampleGridConf
+from rockgen.methods.vae import VAEEvalConf
 from rockgen.models import EncoderConfig, UNetConfig, ViTAEConfig
 
 

@@ -104,22 +104,27 @@ def ddim_sample(
         )
 
 
+def ddim_descent(schedule: Schedule, num_steps: int) -> list[tuple[int, int, float, float]]:
+    """DDIM's kept steps from the top down as (i, t_i, ᾱ_t, ᾱ_s), s = t_{i−1}; past t_0 (i = 0) ᾱ_s = 1 (x_0)."""
+    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
+    abar = [_abar_at(schedule, t) for t in steps]
+    return [(i, steps[i], abar[i], abar[i - 1] if i > 0 else 1.0) for i in range(len(steps) - 1, -1, -1)]
+
+
 def _ddim_loop(
     model_fn, x, schedule, num_steps, eta, clip_x0, prediction, generator, progress, callback, resume, on_state
 ):
-    steps = ddim_timesteps(num_steps, schedule.num_timesteps).tolist()
-    start = len(steps) - 1
+    descent = ddim_descent(schedule, num_steps)
+    done = 0
     if resume is not None:
-        x, start = check_resume(resume, "ddim", x)["x"], int(resume["next"])
-    for i in tqdm(range(start, -1, -1), total=len(steps), initial=len(steps) - 1 - start, desc="DDIM",
-                  disable=not progress, leave=False):  # fmt: skip
-        t, s = steps[i], steps[i - 1] if i > 0 else -1
-        a_t, a_s = _abar_at(schedule, t), _abar_at(schedule, s)
+        x, done = check_resume(resume, "ddim", x)["x"], len(descent) - 1 - int(resume["next"])
+    for i, t, a_t, a_s in tqdm(descent[done:], total=len(descent), initial=done, desc="DDIM", disable=not progress,
+                               leave=False):  # fmt: skip
         eps, x0 = _predict(model_fn, x, t, a_t, prediction, clip_x0)
         noise = None
-        if eta > 0 and s >= 0:
+        if eta > 0 and i > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x = ddim_step(eps, x0, a_t, a_s, eta if s >= 0 else 0.0, noise)
+        x = ddim_step(eps, x0, a_t, a_s, eta if i > 0 else 0.0, noise)
         if on_state is not None:
             on_state({"sampler": "ddim", "next": i - 1, "x": x})
         if callback is not None:

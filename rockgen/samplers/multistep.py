@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -87,28 +89,19 @@ def _dpmpp_update(x, x0s, lams, a_t, a_s, order):
 
 @torch.no_grad()
 def _dpmpp_sample(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    order: int,
-    name: str,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    spacing: str = "logsnr",
-    progress: bool = False,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    resume: dict | None = None,
-    on_state: Callable[[dict], None] | None = None,
-    **unused,
+    model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, *, order: int, name: str, **options
 ) -> torch.Tensor:
     """DPM-Solver++ of ``order`` (2 or 3) with diffusers' warm-up and final-step rules (lower_order_final).
 
-    ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like ``ddim_sample``; ``on_state`` /
-    ``resume``: the solver state (x and the x̂_0 history) after each step, to continue exactly (as DDIM's).
+    ``options``: :class:`SolverOptions`; ``callback(i, x, x̂_0)`` after each step, i counting down N−1 … 0 like
+    ``ddim_sample``; ``on_state`` / ``resume``: the solver state (x and the x̂_0 history) after each step, to
+    continue exactly (as DDIM's).
     """
-    _reject_stochastic(unused, name)
+    opt = _solver_options(options, name)
+    clip_x0, prediction, progress, callback, resume, on_state = (
+        opt.clip_x0, opt.prediction, opt.progress, opt.callback, opt.resume, opt.on_state
+    )  # fmt: skip
+    spacing = opt.spacing
     ts, abar = _grid(schedule, num_steps, spacing)
     n, start = len(ts), 0
     x0s: list[torch.Tensor] = []
@@ -152,26 +145,16 @@ def _unic_rhos(h: float, rk: float | None) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def unipc_sample(
-    model_fn: ModelFn,
-    x: torch.Tensor,
-    schedule: Schedule,
-    num_steps: int,
-    *,
-    clip_x0: bool = True,
-    prediction: str = "eps",
-    spacing: str = "logsnr",
-    progress: bool = False,
-    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-    resume: dict | None = None,
-    on_state: Callable[[dict], None] | None = None,
-    **unused,
-) -> torch.Tensor:
+def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_steps: int, **options) -> torch.Tensor:
     """UniPC-bh2 (predictor UniP-2 + corrector UniC) from x_T (B, ...) to x_0 (B, ...); N network calls.
 
-    ``callback``, ``on_state`` / ``resume`` as :func:`dpmpp_2m_sample` (the state adds the corrector's inputs).
+    ``options`` as :func:`dpmpp_2m_sample` (the saved state adds the corrector's inputs).
     """
-    _reject_stochastic(unused, "unipc")
+    opt = _solver_options(options, "unipc")
+    clip_x0, prediction, progress, callback, resume, on_state = (
+        opt.clip_x0, opt.prediction, opt.progress, opt.callback, opt.resume, opt.on_state
+    )  # fmt: skip
+    spacing = opt.spacing
     ts, abar = _grid(schedule, num_steps, spacing)
     lam = [_lam(a) for a in abar]
     n, start = len(ts), 0
@@ -212,11 +195,29 @@ def unipc_sample(
     return x
 
 
-def _reject_stochastic(unused: dict, name: str) -> None:
-    """The ODE solvers are deterministic: refuse η > 0 instead of silently ignoring it."""
-    eta = unused.pop("eta", 0.0)
-    unused.pop("generator", None)
+@dataclass(frozen=True)
+class SolverOptions:
+    """The keyword options of the multistep solvers: ``solver(model_fn, x, schedule, num_steps, **options)``.
+    ``eta`` (0 only: the solvers are deterministic) and ``generator`` are accepted too, so every sampler takes
+    one call."""
+
+    clip_x0: bool = True  # clamp x̂_0 to [-1, 1], as ddim_sample
+    prediction: str = "eps"  # what the network outputs: eps | x0 | v
+    spacing: str = "logsnr"  # the rule choosing the N steps (rockgen.samplers.spacing)
+    progress: bool = False  # a progress bar
+    callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (i, x, x̂_0) after each step
+    resume: dict | None = None  # a state from on_state: continue from it
+    on_state: Callable[[dict], None] | None = None  # gets the solver state after each step
+
+
+def _solver_options(options: dict[str, Any], name: str) -> SolverOptions:
+    """The options of a solver call, checked: η > 0 is refused (an ODE solver), unknown names are a TypeError."""
+    options = dict(options)
+    eta = options.pop("eta", 0.0)
+    options.pop("generator", None)
     if eta:
         raise ValueError(f"sampler={name} is deterministic (an ODE solver): eta={eta} needs sampler=ddim")
-    if unused:
-        raise TypeError(f"{name}: unexpected arguments {sorted(unused)}")
+    unknown = sorted(set(options) - {f.name for f in fields(SolverOptions)})
+    if unknown:
+        raise TypeError(f"{name}: unexpected arguments {unknown}")
+    return SolverOptions(**options)

@@ -19,7 +19,7 @@ the model (VAE decode(μ); DiffAE render(DDIM-inverted x_T, z_sem) and render(ra
 has no encoder, so no row). FID and KID (checkpoints only, when torch-fidelity and the Inception weights are on
 disk, else a row saying why): ``fid_samples`` images of the model's first measured generation mode vs the held-out
 tiles; KID (unbiased, with its std over subsets) is the one to read at a few hundred samples.
-The models are driven through ``rockgen.lit.protocol`` (``generation_modes``/``reconstruction_codes``): no
+The models are driven through ``rockgen.methods.protocol`` (``generation_modes``/``reconstruction_codes``): no
 branch on the kind of model here.
 """
 
@@ -46,12 +46,12 @@ CHECKPOINT_KEYS = ("diffae", "pixel", "vae")  # compare.<key>_ckpt: the model's 
 
 
 def method_classes() -> list[type]:
-    """The LightningModules compare can measure: each implements ``rockgen.lit.protocol``."""
-    from rockgen.lit.diffae import LitModel
-    from rockgen.lit.pixel import PixelDiffusion
-    from rockgen.lit.vae import LitVAE
+    """The methods compare builds fresh (``rock<res>_<preset_method>``): each implements the generation protocol."""
+    from rockgen.methods.diffae_stages import DiffAEAutoencoder
+    from rockgen.methods.pixel import PixelDDPM
+    from rockgen.methods.vae import VAE
 
-    return [LitModel, PixelDiffusion, LitVAE]
+    return [DiffAEAutoencoder, PixelDDPM, VAE]
 
 
 # -------------------------------------------------------------------------------------------- main process
@@ -88,16 +88,17 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_preset(name: str) -> None:
-    """A template compare can build: known, and its model implements the generation protocol."""
+    """A template compare can build: known, and its model is a method's LightningModule (the protocol)."""
     from hydra.utils import get_class
 
+    from rockgen.lit.module import MethodModule
     from rockgen.presets import presets
 
     table = presets()
     if name not in table:
         raise ValueError(f"compare.presets: unknown template {name!r}; choose from {sorted(table)}")
     target = table[name]["model"]["_target_"]
-    if not hasattr(get_class(target), "generation_modes"):
+    if not issubclass(get_class(target), MethodModule):
         raise ValueError(f"compare.presets: {name} builds {target}, which compare cannot measure")
 
 

@@ -60,6 +60,7 @@ def _tiles(cfg: DictConfig) -> list[Path]:
 def explore_task(cfg: DictConfig) -> dict[str, Any]:
     """Load the model (+ latents), start the page, block until stopped; returns the run directory and URL."""
     from rockgen.explore.app import build_app, launch_kwargs  # imports gradio: a clear error without it
+    from rockgen.explore.features import ExploreSettings
     from rockgen.explore.service import ExploreService, tile_choices
 
     run_dir = Path(cfg.paths.run_dir)
@@ -73,10 +74,7 @@ def explore_task(cfg: DictConfig) -> dict[str, Any]:
         )
     tiles = tile_choices(latents, _tiles(cfg))
     port = check_host_port(cfg.host, cfg.port)
-    service = ExploreService(
-        model,
-        latents,
-        labels_csv=cfg.labels_csv,
+    settings = ExploreSettings(
         fit=cfg.fit,
         max_images=int(cfg.max_images),
         batch_size=int(cfg.batch_size),
@@ -84,6 +82,7 @@ def explore_task(cfg: DictConfig) -> dict[str, Any]:
         seed=int(cfg.seed),
         max_mosaic_pixels=int(cfg.max_mosaic_pixels),
     )
+    service = ExploreService(model, latents, labels_csv=cfg.labels_csv, settings=settings)
     step = getattr(model, "loaded_from", {}).get("global_step", "?")
     dim = model.encode(torch.zeros(1, 3, model.image_size, model.image_size)).shape[1]
     header = (

@@ -11,7 +11,6 @@ its viewer at XYZ tile ``x``, ``y`` of ``zoom`` (``rockgen.tasks.gis_output``).
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from pathlib import Path
@@ -64,7 +63,7 @@ class _Writer(pl.LightningModule):
         check_preempted()  # between batches: every PNG already written is complete
         o = self.opts
         kw = dict(o["sample_kwargs"])
-        if "sampler" in inspect.signature(self.model.sample).parameters:  # diffusion models (not the VAE)
+        if "sampler" in self.model.sample_options:  # diffusion models (not the VAE)
             kw.setdefault("sampler", o["sampler"])
         if o["seamless"]:
             kw["seamless"] = True
@@ -139,13 +138,9 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         model = load_checkpoint_module(cfg.ckpt_path)  # trusted_checkpoint: the process-wide setting
     except CheckpointError as err:
         raise CheckpointError(f"ckpt_path: {err}") from None
-    if not hasattr(model, "sample"):
-        raise ValueError(f"{cfg.ckpt_path} holds a {type(model).__name__}, which cannot sample")
-    if getattr(model, "has_latent", True) is False or (hasattr(model, "latent_ready") and not model.latent_ready):
-        raise ValueError(
-            f"{cfg.ckpt_path} is an autoencoder-only DiffAE checkpoint: train the latent DDIM "
-            "(template=<res>_latent or scripts/pipeline.sh) and generate from that checkpoint"
-        )
+    reason = model.sample_unavailable() if hasattr(model, "sample_unavailable") else "it has no generation protocol"
+    if reason:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} ({type(model).__name__}) cannot generate: {reason}")
     sample_kwargs = dict(cfg.get("sample_kwargs") or {})
     cls, guidance = cfg.get("class"), cfg.get("guidance")
     if cls is not None or guidance is not None:
@@ -153,7 +148,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
             raise ValueError(f"class=/guidance=: {cfg.ckpt_path} holds a {type(model).__name__}, which has no classes")
         model.check_condition(cls, None if guidance is None else float(guidance))  # before any work
         sample_kwargs.update(cls=cls, guidance=None if guidance is None else float(guidance))
-    if cfg.get("seamless") and "seamless" not in inspect.signature(model.sample).parameters:
+    if cfg.get("seamless") and "seamless" not in model.sample_options:
         raise ValueError(f"seamless=true needs a DiffAE checkpoint; {cfg.ckpt_path} holds a {type(model).__name__}")
     run_dir = Path(cfg.paths.run_dir)
     side = int(cfg.target_size or model.image_size)

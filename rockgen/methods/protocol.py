@@ -1,15 +1,18 @@
 """What a trained model can generate and reconstruct: tasks iterate over these instead of branching on its kind.
 
-Every rockgen LightningModule (DiffAE ``LitModel``, ``PixelDiffusion``, ``LitVAE``) declares
+Every method (``rockgen.methods``: DiffAE autoencoder / latent DDIM, pixel DDPM, VAE) declares
 
     method_key      "diffae" | "pixel" | "vae" (the checkpoint option name, ``compare.<key>_ckpt``)
     method_label    "DiffAE" | "Pixel DDPM" | "VAE" (tables)
-    preset_method   "autoenc" | "pixel" | "vae" (the template suffix: ``rock64_<preset_method>``)
+    preset_method   "autoenc" | "latent" | "pixel" | "vae" (the template suffix: ``rock64_<preset_method>``)
+    sample(N, device, T, T_latent, seed, **options)      N new images; ``sample_options`` names the options
+    sample_unavailable() -> str | None                   why this checkpoint cannot sample (None: it can)
     generation_modes(**options) -> [GenerationMode]      ways to draw new images
     reconstruction_codes(**options) -> [ReconstructionCode]   ways to reproduce a given image (may be empty)
 
-``task=compare`` times every generation mode, scores FID/KID on the first one and PSNR/SSIM on every
-reconstruction code, without knowing which model it holds.
+and optionally ``encode`` / ``reconstruct`` / ``render``. ``task=compare`` times every generation mode, scores
+FID/KID on the first one and PSNR/SSIM on every reconstruction code, without knowing which model it holds;
+``task=generate`` and the explorer pass only the options a method's ``sample_options`` lists.
 """
 
 from __future__ import annotations
