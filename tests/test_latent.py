@@ -267,3 +267,29 @@ def test_generate_bad_gis_settings_fail_before_sampling(pipeline, tmp_path):
     with pytest.raises(ValueError, match="output must be one of"):
         generate(compose_config([*base, "output=jpeg"], tmp_path / "b"))
     assert not (tmp_path / "a" / "samples").exists() and not (tmp_path / "b" / "samples").exists()
+
+
+def test_spacing_reaches_the_image_solver_and_is_checked(pipeline, tmp_path):
+    from rockgen.lit.checkpoint import load_checkpoint_module
+    from rockgen.samplers import dpmpp_2m_sample
+
+    model = load_checkpoint_module(pipeline["latent"]).eval()
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, model.latent_mean.shape[0], generator=g)
+    x_T = torch.randn(2, 3, model.image_size, model.image_size, generator=g)
+    got = model.render(x_T, z, 3, sampler="dpmpp_2m", spacing="trailing")
+    d = model.diffusion_conf
+    ref = dpmpp_2m_sample(model.decoder_fn(z), x_T, model.schedule, 3, clip_x0=d.clip_x0, prediction=d.prediction,
+                          spacing="trailing")  # fmt: skip
+    torch.testing.assert_close(got, ((ref.float() + 1) / 2).clamp(0, 1))
+    assert not torch.equal(got, model.render(x_T, z, 3, sampler="dpmpp_2m"))  # the default (logsnr) differs
+    with pytest.raises(ValueError, match="DDIM uses its kept steps"):
+        model.render(x_T, z, 3, spacing="trailing")
+    base = ["task=generate", f"ckpt_path={pipeline['latent']}", "num_samples=2", "T=2", "T_latent=2",
+            "trainer.accelerator=cpu"]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown timestep spacing 'even'"):
+        generate(compose_config([*base, "sampler=unipc", "spacing=even"], tmp_path / "bad"))
+    res = generate(compose_config([*base, "sampler=unipc", "spacing=karras"], tmp_path / "ok"))
+    import json
+
+    assert json.loads((res["run_dir"] / "samples.json").read_text())["spacing"] == "karras"

@@ -29,7 +29,7 @@ from rockgen.methods.base import Device, Method, SampleRequest, Section, plain_s
 from rockgen.methods.protocol import GenerationMode, ReconstructionCode
 from rockgen.models import DiffAE, EncoderConfig, LatentMLPConfig, UNetConfig
 from rockgen.models.inference import inference_fn
-from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn
+from rockgen.samplers import ddim_invert, get_sampler, guided_model_fn, solver_options
 from rockgen.seamless import seamless_padding
 
 
@@ -115,10 +115,12 @@ class DiffAEMethod(Method):
         sampler: str = "ddim",
         seamless: bool = False,
         grad: bool = False,
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) → images in [0, 1].
 
-        ``sampler``: ddim | dpmpp_2m | unipc (``rockgen.samplers``), T steps. ``seamless``: periodic tiles
+        ``sampler``: ddim | dpmpp_2m | dpmpp_3m | unipc (``rockgen.samplers``), T steps; ``spacing``: the
+        multistep solvers' step rule (default logsnr; ``rockgen.samplers.spacing``). ``seamless``: periodic tiles
         (circular padding in the decoder, ``rockgen.seamless``). With ``cond=None`` z_sem is drawn from the
         latent DDIM (needs a latent-stage checkpoint). ``grad=True`` (DDIM): differentiable with respect to
         ``noise`` and ``cond`` (the graph through all T decoder calls is kept: memory grows with T); the weights
@@ -126,13 +128,14 @@ class DiffAEMethod(Method):
         """
         if grad and sampler != "ddim":
             raise ValueError(f"render(grad=True) needs sampler='ddim' (got {sampler!r})")
+        solver = solver_options(sampler, spacing)  # a bad name fails before any work
         if cond is None:
             cond = self.sample_latents(noise.shape[0], noise.device, sampler=sampler)
         x = noise.to(self.device, memory_format=self.memory_format)
         grad_mode = torch.enable_grad() if grad else torch.no_grad()
         with grad_mode, seamless_padding(self.ema_model.decoder, enabled=seamless):
             solve = get_sampler(sampler)
-            kw = self._solver_kw(progress) | ({"grad": True} if grad else {})
+            kw = self._solver_kw(progress) | solver | ({"grad": True} if grad else {})
             x0 = solve(self.decoder_fn(cond), x, self.schedule, T or self.eval_conf.render_T, **kw)
         return to_unit(x0)
 
@@ -147,16 +150,18 @@ class DiffAEMethod(Method):
         progress: bool = False,
         noise: torch.Tensor | None = None,
         latent_noise: torch.Tensor | None = None,
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """``sample``: latent DDIM → de-normalise → image DDIM; images (N, 3, S, S) in [0, 1].
 
         Reproducible with ``seed`` (or pass the x_T ``noise`` and latent ``latent_noise`` yourself). A
         class-conditional checkpoint takes ``cls`` (a name, index, or one per sample) and classifier-free
         ``guidance`` w (0 unconditional, 1 conditional (default with cls), > 1 guided).
-        ``sampler`` (ddim | dpmpp_2m | unipc) solves both stages unless ``sampler_latent`` names another;
-        ``seamless`` makes each tile periodic.
+        ``sampler`` (ddim | dpmpp_2m | dpmpp_3m | unipc) solves both stages unless ``sampler_latent`` names
+        another; ``spacing`` picks the image solver's steps; ``seamless`` makes each tile periodic.
         """
         self.check_condition(cls, guidance)
+        solver_options(sampler, spacing)  # before the latent stage runs
         n, gen = req.n, req.generator
         cond = self.sample_latents(
             n, req.device, req.T_latent, generator=gen, noise=latent_noise, cls=cls, guidance=guidance,
@@ -164,7 +169,7 @@ class DiffAEMethod(Method):
         )  # fmt: skip
         if noise is None:
             noise = torch.randn(n, 3, self.image_size, self.image_size, generator=gen, device=req.device)
-        return self.render(noise, cond, req.T, progress=progress, sampler=sampler, seamless=seamless)
+        return self.render(noise, cond, req.T, progress=progress, sampler=sampler, seamless=seamless, spacing=spacing)
 
     # ---------------------------------------------------------------- generation protocol (rockgen.methods.protocol)
     def generation_modes(self, T: int = 20, T_latent: int = 20) -> list[GenerationMode]:

@@ -38,7 +38,7 @@ from rockgen.lit.common import log_image_file, step_image_path
 from rockgen.methods.base import Method, SampleRequest, plain_sections, seeded_generator, to_unit
 from rockgen.methods.protocol import GenerationMode
 from rockgen.models import ConditionalUNet, UNetConfig
-from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn
+from rockgen.samplers import ddpm_sample, get_sampler, guided_model_fn, solver_options
 from rockgen.visual import save_grid, upscale_to
 
 METHODS = ("ddim", "ddpm")
@@ -130,14 +130,16 @@ class PixelDDPM(Method):
         cls=None,
         guidance: float | None = None,
         sampler: str = "ddim",
+        spacing: str | None = None,
     ) -> torch.Tensor:
         """``sample``: N images (N, 3, S, S) in [0, 1] by DDIM-T (default ``evaluation.T[-1]``) or DDPM.
 
         ``method="ddpm"``: ancestral sampling over T respaced steps (default all ``num_timesteps``); there is no
         latent stage, so ``T_latent`` is ignored. A class-conditional model takes ``cls`` and classifier-free
         ``guidance`` w as ``LitModel.sample``. With ``method="ddim"`` the ODE is solved by ``sampler``
-        (ddim | dpmpp_2m | unipc; η > 0 needs ddim).
+        (ddim | dpmpp_2m | dpmpp_3m | unipc; η > 0 needs ddim) on the steps of ``spacing`` (multistep solvers).
         """
+        solver = solver_options(sampler, spacing)
         if method not in METHODS:
             raise ValueError(f"unknown sampling method {method!r} for the pixel model; choose one of {METHODS}")
         fn = self.denoiser_fn(cls, guidance, req.n)
@@ -146,7 +148,7 @@ class PixelDDPM(Method):
         d = self.diffusion_conf
         kw = dict(clip_x0=d.clip_x0, prediction=d.prediction, generator=gen, progress=progress)
         if method == "ddim":
-            x0 = get_sampler(sampler)(fn, x, self.schedule, req.T or self.eval_conf.T[-1], eta=eta, **kw)
+            x0 = get_sampler(sampler)(fn, x, self.schedule, req.T or self.eval_conf.T[-1], eta=eta, **kw, **solver)
         else:
             x0 = ddpm_sample(fn, x, self.schedule, req.T, variance=variance, **kw)
         return to_unit(x0)

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from rockgen.callbacks.preemption import Preempted, SignalFlag, check_preempted
 from rockgen.lit.checkpoint import CheckpointError, load_checkpoint_module
 from rockgen.precision import resolve_precision
-from rockgen.samplers import get_sampler
+from rockgen.samplers import solver_options
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.tasks.gis_output import GisOutputs
 from rockgen.visual import to_uint8
@@ -65,6 +65,8 @@ class _Writer(pl.LightningModule):
         kw = dict(o["sample_kwargs"])
         if "sampler" in self.model.sample_options:  # diffusion models (not the VAE)
             kw.setdefault("sampler", o["sampler"])
+            if o["spacing"] is not None:
+                kw.setdefault("spacing", o["spacing"])
         if o["seamless"]:
             kw["seamless"] = True
         images = self.model.sample(n, self.device, T=o["T"], T_latent=o["T_latent"], seed=o["seed"] + b, **kw)
@@ -132,8 +134,8 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(f"num_samples ({cfg.num_samples}) and batch_size ({cfg.batch_size}) must be >= 1")
     for key in ("T", "T_latent"):
         check_steps(cfg.get(key), key)
-    sampler = str(cfg.get("sampler") or "ddim")
-    get_sampler(sampler)  # a bad name fails before the checkpoint is loaded
+    sampler, spacing = str(cfg.get("sampler") or "ddim"), cfg.get("spacing")
+    solver_options(sampler, spacing)  # a bad name fails before the checkpoint is loaded
     try:
         model = load_checkpoint_module(cfg.ckpt_path)  # trusted_checkpoint: the process-wide setting
     except CheckpointError as err:
@@ -160,6 +162,7 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
         T=cfg.T,
         T_latent=cfg.T_latent,
         sampler=sampler,
+        spacing=spacing,
         seamless=bool(cfg.get("seamless", False)),
         seed=int(cfg.seed),
         target_size=cfg.target_size,
