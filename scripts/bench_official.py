@@ -30,6 +30,9 @@ import time
 import types
 from pathlib import Path
 
+import bench_worker as bw
+from bench_worker import _reset_peak_rss, _sync, _vm_gb
+
 # name -> (official template, rockgen preset, overrides of both: net_ch, decoder mult, encoder mult, img size)
 CONFIGS = {
     "rock64": ("ffhq64_autoenc", "rock64", None),
@@ -155,8 +158,6 @@ class Rockgen:
     ):
         from dataclasses import replace
 
-        import bench
-
         _, preset, over = CONFIGS[config]
         model_over = {}
         if over is not None:
@@ -165,10 +166,10 @@ class Rockgen:
                 "unet": {"model_channels": ch, "channel_mult": list(dec), "image_size": size},
                 "encoder": {"model_channels": ch, "channel_mult": list(enc), "image_size": size},
             }
-        self.lit = bench.build_model(preset, channels_last, model_over).to(device)
+        self.lit = bw.build_model(preset, channels_last, model_over).to(device)
         self.compiled = compile_nets
         if compile_nets:
-            bench.compile_nets(self.lit)
+            bw.compile_nets(self.lit)
         self.lit.eval_conf = replace(self.lit.eval_conf, inference_compile=inference_compile)
         self.image_size = self.lit.image_size
         self._step = None
@@ -192,10 +193,8 @@ class Rockgen:
         return inference_fn(self.lit.ema_model.decoder, self.lit.eval_conf.inference_compile).builds
 
     def train_step(self, x) -> None:
-        import bench
-
         if self._step is None:
-            self._step, _ = bench.lightning_train_step(self.lit, {"img": x}, contextlib.nullcontext, clip=1.0)
+            self._step, _ = bw.lightning_train_step(self.lit, {"img": x}, contextlib.nullcontext, clip=1.0)
         self.lit.train()
         self._step()
 
@@ -207,13 +206,6 @@ class Rockgen:
 
     def invert(self, x, cond, T: int):
         return self.lit.encode_stochastic(x, cond, T=T)
-
-
-def _sync(device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict:
@@ -294,23 +286,6 @@ def compare(args, device, precision: str, config: str, rockgen_kw: dict) -> dict
             w: round(med_cpu["official"][w] / max(med_cpu["rockgen"][w], 1e-9), 3) for w in med_cpu["rockgen"]
         },
     }
-
-
-def _vm_gb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 2**20  # kB
-    raise KeyError(field)
-
-
-def _reset_peak_rss() -> float | None:
-    """Reset the kernel's peak-RSS mark (Linux: ``5 > /proc/self/clear_refs``) so importing's transient peak
-    does not hide a small net's training peak; return the current RSS in GB (None where unsupported)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return _vm_gb("VmRSS")
-    except (OSError, KeyError):
-        return None
 
 
 def memory_worker(spec: dict) -> dict:

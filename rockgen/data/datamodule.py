@@ -38,7 +38,7 @@ from rockgen.data.demo import write_demo_dataset
 from rockgen.data.fit import FITS
 from rockgen.data.images import DEFAULT_MAX_IMAGE_PIXELS, SettingError, find_images
 from rockgen.data.rasters import Raster, SourceRules, open_large_sources, valid_cells
-from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler
+from rockgen.data.sampler import ResumableLoader, consumed_train_batches, epoch_sampler, split_global_batch
 from rockgen.data.shards import ShardDataset, manifest_path, read_manifest, split_shards
 from rockgen.data.split import held_out_groups, relative_keys, split_cells, xyz_block_groups
 from rockgen.data.tiles import TileDataset, normalize_augment, probe_images
@@ -385,16 +385,6 @@ class TileDataModule(pl.LightningDataModule):
         """Source file path of each predict item, in dataset (``index``) order: the rows of a latents file."""
         files = self.files
         return [files[s] for s in self.predict_sources()]
-
-
-def split_global_batch(name: str, value: int, world: int) -> int:
-    """Per-rank batch of a global ``data.<name>``; a clear error when the world size does not divide it."""
-    if value % world:
-        raise ValueError(
-            f"data.{name}={value} is the global batch size and must be divisible by the world size "
-            f"{world} (devices x nodes); choose e.g. data.{name}={max(world, value - value % world)}"
-        )
-    return value // world
 
 
 def _evenly_spaced(dataset: TileDataset, max_items: int | None):

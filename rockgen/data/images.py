@@ -263,6 +263,12 @@ def to_rgb8(
     return np.ascontiguousarray(rgb8)
 
 
+def has_alpha(path: str | os.PathLike) -> bool:
+    """Whether the file has an alpha channel or a palette transparency (what ``to_rgb8`` composites)."""
+    with Image.open(path) as im:
+        return im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)
+
+
 def _composite(rgba: np.ndarray, background: Sequence[int]) -> np.ndarray:
     """Alpha-composite ``int32 (H, W, 4)`` onto a solid colour (integer rounding) -> ``uint8 (H, W, 3)``."""
     bg = np.asarray(background, dtype=np.int32).reshape(1, 1, 3)

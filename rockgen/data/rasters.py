@@ -41,6 +41,7 @@ from rockgen.data.images import (
     Rescale,
     SettingError,
     check_pixels,
+    has_alpha,
     load_rgb,
     rescale_to_uint8,
     verify_image,
@@ -303,10 +304,10 @@ def decode_to_cache(
     rgb_path, mask_path = cache_dir / f"{key}.rgb.npy", cache_dir / f"{key}.mask.npy"
     if not rgb_path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        has_alpha = _has_alpha(path)
+        alpha_channel = has_alpha(path)
         rgb = load_rgb(path, rescale=rescale, background=background)
         _atomic_save(rgb_path, rgb)
-        if has_alpha:
+        if alpha_channel:
             with Image.open(path) as im:
                 alpha = np.asarray(im.convert("RGBA"))[:, :, 3] > 0
             _atomic_save(mask_path, alpha)
@@ -319,11 +320,6 @@ def decode_to_cache(
     return Raster(
         path, "cache", width, height, cache=str(rgb_path), mask_cache=str(mask_path) if mask_path.exists() else None
     )
-
-
-def _has_alpha(path: str) -> bool:
-    with Image.open(path) as im:
-        return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:

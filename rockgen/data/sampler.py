@@ -116,3 +116,13 @@ def consumed_train_batches(datamodule: Any) -> int:
     ``ResumableLoader.consumed_batches`` (bind the datamodule with ``functools.partial``)."""
     trainer = getattr(datamodule, "trainer", None)
     return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed) if trainer is not None else 0
+
+
+def split_global_batch(name: str, value: int, world: int) -> int:
+    """Per-rank batch of a global ``data.<name>``; a clear error when the world size does not divide it."""
+    if value % world:
+        raise ValueError(
+            f"data.{name}={value} is the global batch size and must be divisible by the world size "
+            f"{world} (devices x nodes); choose e.g. data.{name}={max(world, value - value % world)}"
+        )
+    return value // world
