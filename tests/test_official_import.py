@@ -26,7 +26,8 @@ def _random_model(latent: bool, seed: int = 0):
     torch.manual_seed(seed)
     args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
     args["diffusion"] = {**args["diffusion"], "prediction": "eps"}  # the official code is ε-only
-    args["encoder"] = {**args["encoder"], "z_norm": "none"}  # its encoder has no z_sem normalisation
+    args["encoder"] = {**args["encoder"], "z_norm": "none", "head": "pool"}  # no z_sem norm, pooled head
+    args["unet"] = {**args["unet"], "spatial_cond": 0}  # and no spatial z_sem path
     if latent:
         args.update(stage="latent", latent={"net": LATENT_NET, "T_latent": 5})
     model = module_class({})(**args)
