@@ -65,7 +65,7 @@ def demo_pixel() -> Preset:
 
 
 def demo_vae() -> Preset:
-    """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128 like the demo's z_sem)."""
+    """A tiny transformer VAE on the demo tiles (1.5 M params, z of 128)."""
     net = ViTAEConfig(
         image_size=DEMO.image_size,
         patch_size=4,
