@@ -18,7 +18,7 @@ from rockgen.lit.diffae import LitModel
 
 
 def random_diffae(seed: int = 0) -> LitModel:
-    """The demo preset's LitModel (32 px, z_sem of 128) with random weights everywhere, in eval mode."""
+    """The demo preset's LitModel (32 px, z_sem of 512) with random weights everywhere, in eval mode."""
     torch.manual_seed(seed)
     args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
     # ε-prediction as the official DiffAE (the demo preset predicts v): the thresholds of the latent-space tests

@@ -26,7 +26,10 @@ def _random_model(latent: bool, seed: int = 0):
     torch.manual_seed(seed)
     args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
     args["diffusion"] = {**args["diffusion"], "prediction": "eps"}  # the official code is ε-only
-    args["encoder"] = {**args["encoder"], "z_norm": "none"}  # its encoder has no z_sem normalisation
+    # the official nets: no z_sem normalisation, a pooled encoder head, no spatial z_sem path (z_sem 128 as the
+    # figures below expect)
+    args["encoder"] = {**args["encoder"], "z_norm": "none", "head": "pool", "out_channels": 128}
+    args["unet"] = {**args["unet"], "spatial_cond": 0, "cond_channels": 128}
     if latent:
         args.update(stage="latent", latent={"net": LATENT_NET, "T_latent": 5})
     model = module_class({})(**args)

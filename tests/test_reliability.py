@@ -178,7 +178,7 @@ def test_render_is_differentiable_through_two_ddim_steps():
     model.diffusion_conf.clip_x0 = False  # a clamp has no derivative at its bounds
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
-    cond = torch.randn(1, 128, generator=g, dtype=torch.float64)
+    cond = torch.randn(1, model.ema_model.encoder.cfg.out_channels, generator=g, dtype=torch.float64)
     w = torch.randn(1, 3, 32, 32, generator=g, dtype=torch.float64)
     with torch.no_grad():  # weigh only pixels well inside (0, 1): the output clamp has kinks at its bounds
         out = model.render(noise, cond, T=2)

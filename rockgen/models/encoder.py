@@ -44,19 +44,27 @@ class EncoderConfig:
     # (BatchNorm1d without affine; running statistics in eval), so z_sem cannot collapse to a constant the decoder
     # uses as a bias | layer: each code standardised over its dimensions (LayerNorm without affine).
     z_norm: str = "none"
+    # rockgen: how the last feature map (C, s, s) becomes z_sem. pool (official): GN -> SiLU -> global average
+    # pool -> 1x1 conv, which keeps little of where things are | flatten: GN -> SiLU -> flatten -> Linear(C·s·s),
+    # which keeps the position (needs inputs of exactly image_size; for the decoder's spatial_cond path).
+    head: str = "pool"
 
 
 Z_NORMS = ("none", "batch", "layer")
+HEADS = ("pool", "flatten")
 
 
 class SemanticEncoder(nn.Module):
-    """z_sem = Enc(x0): down path + middle block -> GN -> SiLU -> global avg pool -> 1x1 conv -> (B, out)."""
+    """z_sem = Enc(x0): down path + middle block -> GN -> SiLU -> global avg pool -> 1x1 conv -> (B, out)
+    (head=flatten: -> flatten -> Linear)."""
 
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         cfg = checked_ladder_config(cfg, EncoderConfig, positive=("in_channels", "out_channels"))
         if cfg.z_norm not in Z_NORMS:
             raise ValueError(f"EncoderConfig.z_norm must be one of {Z_NORMS}, got {cfg.z_norm!r}")
+        if cfg.head not in HEADS:
+            raise ValueError(f"EncoderConfig.head must be one of {HEADS}, got {cfg.head!r}")
         self.cfg = cfg
         self.gradient_checkpointing = cfg.gradient_checkpointing
 
@@ -64,13 +72,19 @@ class SemanticEncoder(nn.Module):
         make_block = partial(ResBlock, emb_channels=None, cond_channels=None, dropout=cfg.dropout)
         self.input_blocks, _, ch = down_path_of(cfg, make_block)
         self.middle_block = build_middle_block(make_block, ch, cfg.num_heads)
-        self.out = nn.Sequential(
-            GroupNorm32(ch),
-            nn.SiLU(),
-            nn.AdaptiveAvgPool2d(1),  # any input size -> (B, C, 1, 1)
-            nn.Conv2d(ch, cfg.out_channels, 1),
-            nn.Flatten(),  # (B, out_channels)
-        )
+        if cfg.head == "pool":
+            self.out = nn.Sequential(
+                GroupNorm32(ch),
+                nn.SiLU(),
+                nn.AdaptiveAvgPool2d(1),  # any input size -> (B, C, 1, 1)
+                nn.Conv2d(ch, cfg.out_channels, 1),
+                nn.Flatten(),  # (B, out_channels)
+            )
+        else:
+            side = cfg.image_size // 2 ** (len(cfg.channel_mult) - 1)
+            self.out = nn.Sequential(
+                GroupNorm32(ch), nn.SiLU(), nn.Flatten(), nn.Linear(ch * side**2, cfg.out_channels)
+            )
         # a separate attribute (not out.5) keeps the official key layout; Identity holds no state
         self.z_norm = {
             "none": nn.Identity(),
@@ -80,6 +94,10 @@ class SemanticEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, C, H, W) in [-1, 1] -> z_sem (B, out_channels)."""
+        if self.cfg.head == "flatten" and tuple(x.shape[-2:]) != (self.cfg.image_size,) * 2:
+            raise ValueError(
+                f"SemanticEncoder with head=flatten encodes {self.cfg.image_size}-px tiles only, got {tuple(x.shape)}"
+            )
         ckpt = self.gradient_checkpointing and self.training
         h = x
         for block in self.input_blocks:

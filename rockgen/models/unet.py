@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rockgen.models.blocks import (
@@ -79,6 +80,10 @@ class UNetConfig:
     resblock_updown: bool = True  # BigGAN up/down ResBlocks (official) instead of (strided) conv resamplers
     gradient_checkpointing: bool = False  # keep only block inputs: ~5x less activation memory, ~30% slower
     num_classes: int = 0  # K > 0: a class embedding (K classes + a null token) added to the time embedding
+    # rockgen, off (0) in every official preset: side S of a coarse z_sem map, Linear(z_sem) -> (C, S, S), upsampled
+    # to and added to the features entering the middle block (the lowest resolution). AdaGN gives z_sem only
+    # channel-wise scales, so without it a layout must come from x_t; with it z_sem can carry one.
+    spatial_cond: int = 0
 
 
 class ConditionalUNet(nn.Module):
@@ -98,6 +103,12 @@ class ConditionalUNet(nn.Module):
             raise ValueError(f"UNetConfig.num_classes must be >= 0, got {cfg.num_classes}")
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {cfg.dropout}")
+        lowest = cfg.image_size // 2 ** (len(mult) - 1)
+        if cfg.spatial_cond and (cfg.cond_channels is None or cfg.spatial_cond < 0 or lowest % cfg.spatial_cond):
+            raise ValueError(
+                f"UNetConfig.spatial_cond must be 0 (off) or divide the lowest resolution {lowest} of a z_sem-"
+                f"conditioned net (cond_channels set), got {cfg.spatial_cond} (cond_channels={cfg.cond_channels})"
+            )
         # Keep a clean copy (plain tuples, no OmegaConf containers) so the net pickles and prints simply.
         self.cfg = cfg = replace(cfg, channel_mult=mult, attention_resolutions=attn)
         self.gradient_checkpointing = cfg.gradient_checkpointing
@@ -121,6 +132,11 @@ class ConditionalUNet(nn.Module):
             cfg.resblock_updown,
         )
         self.middle_block = build_middle_block(make_block, ch, cfg.num_heads)
+        # Zero-initialised, so switching it on starts from the plain network (the guided-diffusion convention for
+        # residual branches); Linear(cond) -> (ch · S · S). Absent when off: the official state dict is unchanged.
+        self.spatial_cond = (
+            zero_module(nn.Linear(cfg.cond_channels, ch * cfg.spatial_cond**2)) if cfg.spatial_cond else None
+        )
 
         # Way up: per level (deepest first) num_res_blocks + 1 ResBlocks, each concatenating one lateral
         # (popped LIFO from the down path's outputs), then an up block except at level 0.
@@ -171,7 +187,17 @@ class ConditionalUNet(nn.Module):
         for block in self.input_blocks:
             h = run_block(block, h, emb, cond, ckpt)
             laterals.append(h)
+        if self.spatial_cond is not None:
+            h = h + self._spatial_map(cond, h)
         h = run_block(self.middle_block, h, emb, cond, ckpt)
         for block in self.output_blocks:
             h = run_block(block, torch.cat([h, laterals.pop()], dim=1), emb, cond, ckpt)
         return self.out(h)
+
+    def _spatial_map(self, cond: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """z_sem (B, D) -> its coarse map (B, C, S, S), nearest-upsampled to h's (B, C, H, W), in h's dtype/layout."""
+        side = self.cfg.spatial_cond
+        m = self.spatial_cond(cond.to(self.spatial_cond.weight.dtype)).view(cond.shape[0], -1, side, side)
+        if side != h.shape[-1]:
+            m = F.interpolate(m, size=h.shape[-2:], mode="nearest")
+        return m.to(h.dtype)
