@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from rockgen.diffusion.schedules import Schedule
 from rockgen.samplers import get_sampler, solver_options
+from rockgen.samplers.ddim import map_state
 
 WindowFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x (n,C,w,w), t (n,), idx (n,))
 
@@ -184,20 +185,11 @@ def sample_mosaic(
 
     def save(state: dict) -> None:
         if path is not None:
-            _save_state(path, {"state": _to_cpu(state), "meta": meta})
+            _save_state(path, {"state": map_state(state, torch.Tensor.cpu), "meta": meta})
 
     return get_sampler(sampler)(
         model_fn, x_T, schedule, num_steps, progress=progress, resume=resume, on_state=save, **solver_kw
     )
-
-
-def _to_cpu(state: dict) -> dict:
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.cpu()
-        return [move(u) for u in v] if isinstance(v, list) else v
-
-    return {k: move(v) for k, v in state.items()}
 
 
 Z_SEM_MODES = ("shared", "field")

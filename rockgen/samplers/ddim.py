@@ -139,12 +139,18 @@ def check_resume(state: dict, sampler: str, x: torch.Tensor) -> dict:
     if tuple(state["x"].shape) != tuple(x.shape):
         raise ValueError(f"cannot resume: the saved state is {tuple(state['x'].shape)}, x_T is {tuple(x.shape)}")
 
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device=x.device, dtype=x.dtype)
-        return [move(u) for u in v] if isinstance(v, list) else v
+    return map_state(state, lambda v: v.to(device=x.device, dtype=x.dtype))
 
-    return {k: move(v) for k, v in state.items()}
+
+def map_state(state: dict, fn: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """A solver state with ``fn`` applied to every tensor (values are tensors, numbers or lists of them)."""
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            return fn(v)
+        return [walk(u) for u in v] if isinstance(v, list) else v
+
+    return {k: walk(v) for k, v in state.items()}
 
 
 @torch.no_grad()

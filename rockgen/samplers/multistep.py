@@ -98,21 +98,17 @@ def _dpmpp_sample(
     continue exactly (as DDIM's).
     """
     opt = _solver_options(options, name)
-    clip_x0, prediction, progress, callback, resume, on_state = (
-        opt.clip_x0, opt.prediction, opt.progress, opt.callback, opt.resume, opt.on_state
-    )  # fmt: skip
-    spacing = opt.spacing
-    ts, abar = _grid(schedule, num_steps, spacing)
+    ts, abar = _grid(schedule, num_steps, opt.spacing)
     n, start = len(ts), 0
     x0s: list[torch.Tensor] = []
     lams: list[float] = []
-    if resume is not None:
-        st = check_resume(resume, name, x)
+    if opt.resume is not None:
+        st = check_resume(opt.resume, name, x)
         x, start, x0s, lams = st["x"], int(st["next"]), st["x0s"], list(st["lams"])
-    for i in tqdm(range(start, n), total=n, initial=start, desc=f"DPM-Solver++({order}M)", disable=not progress,
+    for i in tqdm(range(start, n), total=n, initial=start, desc=f"DPM-Solver++({order}M)", disable=not opt.progress,
                   leave=False):  # fmt: skip
         a_t, a_s = abar[i], abar[i + 1]
-        _, x0 = _predict(model_fn, x, ts[i], a_t, prediction, clip_x0)
+        _, x0 = _predict(model_fn, x, ts[i], a_t, opt.prediction, opt.clip_x0)
         x0s, lams = (x0s + [x0])[-order:], (lams + [_lam(a_t)])[-order:]
         # warm-up from first order; the step onto σ = 0 is first order, the one before it at most second order
         # for short runs (diffusers: final_sigmas_type="zero", lower_order_final with N < 15)
@@ -122,10 +118,10 @@ def _dpmpp_sample(
         elif i == n - 2 and n < 15:
             step_order = min(step_order, 2)
         x = _dpmpp_update(x, x0s, lams, a_t, a_s, step_order)
-        if on_state is not None:
-            on_state({"sampler": name, "next": i + 1, "x": x, "x0s": list(x0s), "lams": list(lams)})
-        if callback is not None:
-            callback(n - 1 - i, x, x0)
+        if opt.on_state is not None:
+            opt.on_state({"sampler": name, "next": i + 1, "x": x, "x0s": list(x0s), "lams": list(lams)})
+        if opt.callback is not None:
+            opt.callback(n - 1 - i, x, x0)
     return x
 
 
@@ -151,21 +147,17 @@ def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_ste
     ``options`` as :func:`dpmpp_2m_sample` (the saved state adds the corrector's inputs).
     """
     opt = _solver_options(options, "unipc")
-    clip_x0, prediction, progress, callback, resume, on_state = (
-        opt.clip_x0, opt.prediction, opt.progress, opt.callback, opt.resume, opt.on_state
-    )  # fmt: skip
-    spacing = opt.spacing
-    ts, abar = _grid(schedule, num_steps, spacing)
+    ts, abar = _grid(schedule, num_steps, opt.spacing)
     lam = [_lam(a) for a in abar]
     n, start = len(ts), 0
     hist: list[torch.Tensor] = []  # x̂_0 at the kept steps visited so far (last two used)
     x_last, order_last = None, 0
-    if resume is not None:
-        st = check_resume(resume, "unipc", x)
+    if opt.resume is not None:
+        st = check_resume(opt.resume, "unipc", x)
         x, start, hist, order_last = st["x"], int(st["next"]), st["hist"], int(st["order_last"])
         x_last = st["x_last"]
-    for i in tqdm(range(start, n), total=n, initial=start, desc="UniPC", disable=not progress, leave=False):
-        _, x0 = _predict(model_fn, x, ts[i], abar[i], prediction, clip_x0)
+    for i in tqdm(range(start, n), total=n, initial=start, desc="UniPC", disable=not opt.progress, leave=False):
+        _, x0 = _predict(model_fn, x, ts[i], abar[i], opt.prediction, opt.clip_x0)
         if x_last is not None:
             # UniC: redo step i−1 → i from x_last with the new evaluation x̂_0(t_i) (no extra network call).
             h = lam[i] - lam[i - 1]
@@ -187,11 +179,11 @@ def unipc_sample(model_fn: ModelFn, x: torch.Tensor, schedule: Schedule, num_ste
             rk = (lam[i - 1] - lam[i]) / h
             base, _ = _first_order(x, x0, abar[i], abar[i + 1])
             x = base - abar[i + 1] ** 0.5 * math.expm1(-h) * 0.5 * (hist[-2] - x0) / rk
-        if on_state is not None:
+        if opt.on_state is not None:
             state = {"sampler": "unipc", "next": i + 1, "x": x, "hist": list(hist), "order_last": order_last}
-            on_state({**state, "x_last": x_last})
-        if callback is not None:
-            callback(n - 1 - i, x, x0)
+            opt.on_state({**state, "x_last": x_last})
+        if opt.callback is not None:
+            opt.callback(n - 1 - i, x, x0)
     return x
 
 
