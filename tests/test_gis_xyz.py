@@ -21,7 +21,7 @@ pytest.importorskip("rasterio", reason="output=xyz needs the 'geo' extra (raster
 morecantile = pytest.importorskip("morecantile", reason="output=xyz needs the 'geo' extra (rasterio, morecantile)")
 
 from rockgen.gis import write_geotiff  # noqa: E402
-from rockgen.tasks.gis_output import output_kinds  # noqa: E402
+from rockgen.tasks.gis_output import GisOutputs, output_kinds  # noqa: E402
 from rockgen.tasks.mosaic import mosaic_task  # noqa: E402
 from rockgen.xyz import default_min_zoom, downsample_rgba, write_xyz  # noqa: E402
 
@@ -215,6 +215,19 @@ def test_output_settings(tmp_path):
 
     cfg = compose_config(["task=mosaic", "output=[geotiff,xyz]", "min_zoom=20"], tmp_path)
     assert output_kinds(cfg.output) == {"geotiff", "xyz"} and cfg.min_zoom == 20
+
+
+def test_png_only_checked_where_the_task_writes_it(tmp_path):
+    # generate writes sheet.png only beside GIS files: output=png leaves an old sheet.png alone; mosaic always writes it
+    (tmp_path / "sheet.png").write_bytes(b"old")
+    cfg = OmegaConf.create({"output": "png"})
+    assert GisOutputs.plan(cfg, tmp_path, "sheet", 64, 64, png_alone=False).paths() == {}
+    with pytest.raises(FileExistsError, match="sheet.png exists"):
+        GisOutputs.plan(cfg, tmp_path, "sheet", 64, 64)
+    with pytest.raises(FileExistsError, match="sheet.png exists"):
+        GisOutputs.plan(OmegaConf.create({"output": "geotiff", "zoom": Z, "x": X, "y": Y}), tmp_path, "sheet", 64, 64,
+                        png_alone=False)  # fmt: skip
+    assert (tmp_path / "sheet.png").read_bytes() == b"old"
 
 
 def _cfg(tmp_path, **kw):

@@ -155,7 +155,8 @@ def generate(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(cfg.paths.run_dir)
     side = int(cfg.target_size or model.image_size)
     rows, cols = sheet_shape(int(cfg.num_samples))
-    gis = GisOutputs.plan(cfg, run_dir, "sheet", rows * side, cols * side)  # zoom / tile / files: before work
+    # zoom / tile / existing files checked before work; sheet.png is written only beside GIS files
+    gis = GisOutputs.plan(cfg, run_dir, "sheet", rows * side, cols * side, png_alone=False)
     out_dir = run_dir / "samples"
     out_dir.mkdir(parents=True, exist_ok=True)
     opts = dict(

@@ -51,12 +51,18 @@ class GisOutputs:
     y: int = 0
     min_zoom: int | None = None
     overwrite: bool = False
+    png_alone: bool = True  # <stem>.png is written for output=png too (mosaic), not only beside GIS files (generate)
 
     @classmethod
-    def plan(cls, cfg: DictConfig, run_dir: Path, stem: str, height: int, width: int) -> GisOutputs:
-        """Check ``output``, ``zoom``/``x``/``y``/``min_zoom`` and existing files; nothing is written yet."""
+    def plan(
+        cls, cfg: DictConfig, run_dir: Path, stem: str, height: int, width: int, png_alone: bool = True
+    ) -> GisOutputs:
+        """Check ``output``, ``zoom``/``x``/``y``/``min_zoom`` and existing files; nothing is written yet.
+
+        ``png_alone=False``: the task writes ``<stem>.png`` only beside a GeoTIFF or pyramid (``task=generate``'s
+        sheet), so with ``output=png`` an old ``<stem>.png`` is neither checked nor touched."""
         kinds = output_kinds(cfg.get("output", "png"))
-        out = cls(kinds, Path(run_dir), stem, overwrite=bool(cfg.get("overwrite", False)))
+        out = cls(kinds, Path(run_dir), stem, overwrite=bool(cfg.get("overwrite", False)), png_alone=png_alone)
         if kinds & {"geotiff", "xyz"}:
             from rockgen.gis import tile_origin
 
@@ -74,10 +80,15 @@ class GisOutputs:
         return out
 
     def paths(self) -> dict[str, Path]:
-        """Output kind → file or folder (the PNG always)."""
+        """Output kind → file or folder this task writes (the PNG too whenever it is written)."""
         all_paths = {"png": self.run_dir / f"{self.stem}.png", "geotiff": self.run_dir / f"{self.stem}.tif"}
         all_paths["xyz"] = self.run_dir / "xyz"
-        return {k: p for k, p in all_paths.items() if k in self.kinds | {"png"}}
+        kinds = set(self.kinds)
+        if self.png_alone or kinds - {"png"}:
+            kinds.add("png")
+        else:
+            kinds.discard("png")
+        return {k: p for k, p in all_paths.items() if k in kinds}
 
     def write_gis(self, img: np.ndarray) -> dict:
         """Write the GeoTIFF / XYZ outputs of ``img`` (H, W, 3) uint8 (the PNG is the caller's); what was written."""
