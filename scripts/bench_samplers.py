@@ -5,7 +5,7 @@ tiles, so no latent stage is needed). DDIM runs on its kept steps; each of ``--s
 3M), UniPC) on each ``--spacings`` rule (``rockgen.samplers.spacing``). Writes ``<out>/samplers.json`` and
 ``<out>/samplers.png`` (one labelled row per render: the references, then each sampler/spacing/steps).
 
-    python scripts/bench_samplers.py CKPT [--out DIR] [--n 8] [--steps 5 10 20 50] [--spacings ddim logsnr]
+    python scripts/bench_samplers.py CKPT [--out DIR] [--n 8] [--steps 5 10 20 50] [--spacings quadratic logsnr]
                                      [--solvers dpmpp_2m ...]
 """
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--ref", type=int, default=200, help="DDIM steps of the issue's reference")
     ap.add_argument("--ref2", type=int, default=1000, help="DDIM steps of the second reference (0: none)")
-    ap.add_argument("--spacings", nargs="+", default=["ddim", "logsnr"], choices=SPACINGS)
+    ap.add_argument("--spacings", nargs="+", default=["quadratic", "logsnr"], choices=SPACINGS)
     ap.add_argument("--solvers", nargs="+", default=["dpmpp_2m", "dpmpp_3m", "unipc"], choices=sorted(SAMPLERS))
     args = ap.parse_args(argv)
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ The analytic model: data x_0 ~ N(μ, s² I), so x_t ~ N(√ᾱ μ, ᾱ s² + 1 �
 constant, which gives the exact x_0 a perfect solver must reach from x_T.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -87,7 +88,7 @@ def test_dpmpp_3m_matches_diffusers(n):
 
     sch = _schedule()
     x_T = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(50 + n))
-    for spacing in ("ddim", "logsnr"):
+    for spacing in ("ddim", "logsnr", "quadratic"):
         ours = dpmpp_3m_sample(_eps_model(sch), x_T, sch, n, clip_x0=False, spacing=spacing)
         ts = ddim_timesteps(n).flip(0) if spacing == "ddim" else solver_timesteps(sch, n, spacing)
         cfg = {**DPM_CFG, "solver_order": 3}
@@ -126,6 +127,30 @@ def test_spacing_matches_diffusers_timesteps(spacing, n):
         assert max(diff) <= 1 and sum(d > 0 for d in diff) <= 1
     else:
         assert ours == theirs
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "const"])
+def test_quadratic_spacing_closed_form(kind):
+    # t_e from ᾱ accumulated in float64 from the betas (not Schedule's table), then t_e + (T−1−t_e)(1 − i/(N−1))²
+    import math
+
+    from rockgen.samplers.spacing import QUADRATIC_END_SIGMA
+
+    sch = Schedule.from_config(kind, 1000, **({"const": 0.008} if kind == "const" else {}))
+    abar, t_end = 1.0, 0
+    for t, beta in enumerate(sch.betas.double().tolist()):
+        abar *= 1.0 - beta
+        if math.sqrt(1.0 - abar) <= QUADRATIC_END_SIGMA:
+            t_end = t
+    if kind != "cosine":  # the image decoders' schedule ends at t = 10; the latent DDIM's (σ_0 ≈ 0.09) at 0
+        assert t_end == {"linear": 10, "const": 0}[kind]
+    for n in (2, 5, 10, 20):
+        want = sorted({round(t_end + (999 - t_end) * (1 - i / (n - 1)) ** 2) for i in range(n)}, reverse=True)
+        assert solver_timesteps(sch, n, "quadratic") == want
+    assert solver_timesteps(sch, 1, "quadratic") == [999]
+    # a square law: √((t − t_e)/(999 − t_e)) falls in equal steps (to rounding)
+    root = np.sqrt((np.array(solver_timesteps(sch, 10, "quadratic")) - t_end) / (999 - t_end))
+    np.testing.assert_allclose(np.diff(root), -1 / 9, atol=0.02)
 
 
 @pytest.mark.parametrize("spacing", ["trailing", "linspace"])
@@ -225,7 +250,7 @@ def test_bad_sampler_settings():
         for n in (1, 7, 10, 1000):
             ts = solver_timesteps(sch, n, spacing)
             assert ts == sorted(set(ts), reverse=True) and 0 <= ts[-1] and ts[0] <= 999
-            assert len(ts) == n or (n == 1000 and spacing in ("linspace", "logsnr", "karras"))
+            assert len(ts) == n or (n == 1000 and spacing in ("linspace", "logsnr", "karras", "quadratic"))
     # DDIM keeps η and its generator
     ddim_sample(_eps_model(sch), torch.zeros(1, 2), sch, 3, eta=1.0, generator=torch.Generator().manual_seed(0))
 

@@ -282,7 +282,7 @@ def test_spacing_reaches_the_image_solver_and_is_checked(pipeline, tmp_path):
     ref = dpmpp_2m_sample(model.decoder_fn(z), x_T, model.schedule, 3, clip_x0=d.clip_x0, prediction=d.prediction,
                           spacing="trailing")  # fmt: skip
     torch.testing.assert_close(got, ((ref.float() + 1) / 2).clamp(0, 1))
-    assert not torch.equal(got, model.render(x_T, z, 3, sampler="dpmpp_2m"))  # the default (logsnr) differs
+    assert not torch.equal(got, model.render(x_T, z, 3, sampler="dpmpp_2m"))  # the default (quadratic) differs
     with pytest.raises(ValueError, match="DDIM uses its kept steps"):
         model.render(x_T, z, 3, spacing="trailing")
     base = ["task=generate", f"ckpt_path={pipeline['latent']}", "num_samples=2", "T=2", "T_latent=2",

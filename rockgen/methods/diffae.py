@@ -120,7 +120,7 @@ class DiffAEMethod(Method):
         """Decode x_T ``noise`` (B, 3, H, W) with z_sem ``cond`` (B, D) → images in [0, 1].
 
         ``sampler``: ddim | dpmpp_2m | dpmpp_3m | unipc (``rockgen.samplers``), T steps; ``spacing``: the
-        multistep solvers' step rule (default logsnr; ``rockgen.samplers.spacing``). ``seamless``: periodic tiles
+        multistep solvers' step rule (default quadratic; ``rockgen.samplers.spacing``). ``seamless``: periodic tiles
         (circular padding in the decoder, ``rockgen.seamless``). With ``cond=None`` z_sem is drawn from the
         latent DDIM (needs a latent-stage checkpoint). ``grad=True`` (DDIM): differentiable with respect to
         ``noise`` and ``cond`` (the graph through all T decoder calls is kept: memory grows with T); the weights
@@ -265,6 +265,8 @@ class DiffAEMethod(Method):
             T_latent or self.latent_conf.T_latent,
             clip_x0=False,
             prediction=d.prediction,
+            # the codes keep DPM-Solver's λ-uniform steps: the image default (quadratic) was measured on images only
+            **solver_options(sampler, None if sampler == "ddim" else "logsnr"),
         )
         return zn if normalised else self.denormalise_latents(zn)
 

@@ -2,9 +2,10 @@
 
 Both are pure functions over ``model_fn(x_t, t)`` like ``ddim_sample``: N network calls at the steps of a
 ``spacing`` rule (``rockgen.samplers.spacing``), then a last step onto x_0 where σ = 0. The default,
-``logsnr`` (uniform in λ from t = T−1 to t = 0), matters: on DDIM's kept steps (``spacing="ddim"``) the
-step 100 → 0 of a 10-step linear-schedule grid spans h ≈ 3.5 in λ after steps of ≈ 0.75, and the
-second-order update extrapolates x̂_0 linearly in λ across it (by h/(2 h_prev) ≈ 2.4× the last difference)
+``quadratic`` (dense at low noise, last network call at σ ≈ 0.05), was chosen by measurement on a trained decoder;
+``logsnr`` (uniform in λ from t = T−1 to t = 0) is DPM-Solver's. The spacing matters: on DDIM's kept steps
+(``spacing="ddim"``) the step 100 → 0 of a 10-step linear-schedule grid spans h ≈ 3.5 in λ after steps of ≈ 0.75,
+and the second-order update extrapolates x̂_0 linearly in λ across it (by h/(2 h_prev) ≈ 2.4× the last difference)
 while x̂_0(λ) levels off: that one step made both solvers worse than DDIM (analytic model: RMSE to the exact
 ODE solution 0.013 → 0.19 on that step alone, DDIM 0.13). With
 α_t = √ᾱ_t, σ_t = √(1−ᾱ_t), λ_t = log(α_t/σ_t), h = λ_s − λ_t for a step t → s and x̂_0 the network's data
@@ -195,7 +196,7 @@ class SolverOptions:
 
     clip_x0: bool = True  # clamp x̂_0 to [-1, 1], as ddim_sample
     prediction: str = "eps"  # what the network outputs: eps | x0 | v
-    spacing: str = "logsnr"  # the rule choosing the N steps (rockgen.samplers.spacing)
+    spacing: str = "quadratic"  # the rule choosing the N steps (rockgen.samplers.spacing)
     progress: bool = False  # a progress bar
     callback: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (i, x, x̂_0) after each step
     resume: dict | None = None  # a state from on_state: continue from it

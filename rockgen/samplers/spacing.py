@@ -11,6 +11,13 @@ network was trained, and the solver uses ᾱ at exactly those steps:
   ``use_lu_lambdas``), mapped to t by interpolating log σ and rounded.
 * ``karras``: σ_VE = σ/α on Karras et al. (2022, eq. 5, ρ = 7) from t = T−1 to t = 0, rounded likewise
   (diffusers' ``use_karras_sigmas``).
+* ``quadratic`` (the image solvers' default): t_i = t_e + (T−1−t_e)(1 − i/(N−1))², dense at low noise like
+  DPM-Solver's ``time_quadratic`` (Lu et al. 2022, §5), but ending at t_e, the last step whose noise
+  σ_t = √(1−ᾱ_t) is at most ``QUADRATIC_END_SIGMA`` = 0.05 (t_e = 10 on the linear β schedule: 6/255 of noise
+  on 8-bit pixels), from where the solver's last step goes onto x_0. Measured on the demo decoder (README, Fast
+  samplers): 10 steps of DPM-Solver++(2M) 0.0042 RMSE from the DDIM-200 render against 0.0069 with ``logsnr``
+  and DDIM-50's 0.0045; better than ``logsnr`` at 5, 20 and 50 steps and for 3M and UniPC too. Spending steps
+  below σ ≈ 0.05 costs more than it corrects at 10 steps (t_e = 0: 0.0111; t_e = 20: 0.0044).
 
 Rounding can merge neighbouring steps near t = 0 (λ changes fastest there); merged steps are dropped, so a
 rule may return fewer than N steps for large N.
@@ -22,7 +29,8 @@ import numpy as np
 
 from rockgen.diffusion.schedules import Schedule
 
-SPACINGS = ("ddim", "trailing", "linspace", "logsnr", "karras")
+SPACINGS = ("ddim", "trailing", "linspace", "logsnr", "karras", "quadratic")
+QUADRATIC_END_SIGMA = 0.05  # noise level (σ of x_t in [-1, 1] units) of the ``quadratic`` rule's last step
 
 
 def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str = "ddim") -> list[int]:
@@ -37,6 +45,10 @@ def solver_timesteps(schedule: Schedule, num_steps: int, spacing: str = "ddim") 
         ts = np.arange(T, 0, -T / n).round().astype(np.int64) - 1
     elif spacing == "linspace":
         ts = np.linspace(0, T - 1, n + 1).round()[1:]
+    elif spacing == "quadratic":
+        sigma = np.sqrt(1 - schedule.alphas_cumprod.numpy())
+        t_end = int(np.flatnonzero(sigma <= QUADRATIC_END_SIGMA).max(initial=0))
+        ts = (t_end + (T - 1 - t_end) * (1 - np.linspace(0, 1, n)) ** 2).round()
     elif spacing in ("logsnr", "karras"):
         log_sigma = 0.5 * np.log((1 - schedule.alphas_cumprod.numpy()) / schedule.alphas_cumprod.numpy())  # −λ
         lo, hi = log_sigma[0], log_sigma[-1]
