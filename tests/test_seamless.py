@@ -46,8 +46,9 @@ def test_wrap_seam_gradients_equal_the_interior(sampler):
     """Sampled tiles: |Δ| across the wrap seam is distributed like |Δ| between interior neighbours."""
     net = _unet(True)
     sch = Schedule.from_config("linear", 1000)
-    x_T = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(2))
-    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(3))
+    # 64 tiles: with 16 the untrained net's ratios scatter by ±6 %, as much as the zero-padded border effect
+    x_T = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(3))
 
     def fn(x, t):
         return net(x, t, cond=z)
@@ -58,9 +59,10 @@ def test_wrap_seam_gradients_equal_the_interior(sampler):
     s, p = seam_statistics(periodic), seam_statistics(plain)
     for axis in ("x", "y"):
         ratio = s[f"seam_{axis}"] / s[f"interior_{axis}"]
-        assert 0.85 < ratio < 1.15, s
-    # ... while the zero-padded tiles' borders do differ from their interior (the statistic can fail)
-    assert max(abs(p["seam_x"] / p["interior_x"] - 1), abs(p["seam_y"] / p["interior_y"] - 1)) > 0.15, p
+        assert abs(ratio - 1) < 0.06, s  # measured: within 0.041 over three seeds and both samplers
+    # ... while the zero-padded tiles' borders do differ from their interior by more than that band (the statistic
+    # can fail: measured 0.085–0.11)
+    assert max(abs(p["seam_x"] / p["interior_x"] - 1), abs(p["seam_y"] / p["interior_y"] - 1)) > 0.06, p
     # a roll of a periodic tile moves the seam into the interior: statistics of a periodic tile are roll-invariant
     r = seam_statistics(torch.roll(periodic, (8, 8), (2, 3)))
     assert abs(r["seam_x"] - s["interior_x"]) < 0.15 * s["interior_x"]
