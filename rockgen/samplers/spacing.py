@@ -15,9 +15,9 @@ network was trained, and the solver uses ᾱ at exactly those steps:
   DPM-Solver's ``time_quadratic`` (Lu et al. 2022, §5), but ending at t_e, the last step whose noise
   σ_t = √(1−ᾱ_t) is at most ``QUADRATIC_END_SIGMA`` = 0.05 (t_e = 10 on the linear β schedule: 6/255 of noise
   on 8-bit pixels), from where the solver's last step goes onto x_0. Measured on the demo decoder (README, Fast
-  samplers): 10 steps of DPM-Solver++(2M) 0.0042 RMSE from the DDIM-200 render against 0.0069 with ``logsnr``
+  samplers): 10 steps of DPM-Solver++(2M) 0.0042 RMSE from the DDIM-200 render against 0.0067 with ``logsnr``
   and DDIM-50's 0.0045; better than ``logsnr`` at 5, 20 and 50 steps and for 3M and UniPC too. Spending steps
-  below σ ≈ 0.05 costs more than it corrects at 10 steps (t_e = 0: 0.0111; t_e = 20: 0.0044).
+  below σ ≈ 0.05 costs more than it corrects at 10 steps (t_e = 0: 0.0112; t_e = 20: 0.0042).
 
 Rounding can merge neighbouring steps near t = 0 (λ changes fastest there); merged steps are dropped, so a
 rule may return fewer than N steps for large N.
