@@ -117,3 +117,51 @@ def test_official_export_refuses_the_spatial_path():
         official_hparams({"unet": dict(UNET, spatial_cond=4), "encoder": dict(ENC)})
     with pytest.raises(OfficialImportError, match="head='flatten'"):
         official_hparams({"unet": dict(UNET), "encoder": dict(ENC, head="flatten")})
+
+
+def test_zmap_path_off_is_the_plain_net_zero_init_equals_off_and_it_learns():
+    torch.manual_seed(0)
+    off = ConditionalUNet(UNetConfig(**UNET)).eval()
+    on = ConditionalUNet(UNetConfig(**UNET, zmap_channels=2)).eval()
+    extra = set(on.state_dict()) - set(off.state_dict())
+    # one Linear to the full-resolution map, one injection at the first block, one per decoder level (2 levels)
+    assert extra == {"zmap.weight", "zmap.bias", "zmap_in.weight", "zmap_in.bias"} | {
+        f"zmap_up.{i}.{p}" for i in range(2) for p in ("weight", "bias")
+    }
+    assert on.zmap.weight.shape == (2 * 16 * 16, 6)
+    assert [m.in_channels for m in on.zmap_up] == [2, 2] and [m.out_channels for m in on.zmap_up] == [64, 64]
+    _perturb(off)
+    assert set(on.load_state_dict(off.state_dict(), strict=False).missing_keys) == extra
+    x, t, z = _inputs()
+    with torch.no_grad():  # zero-initialised injections: switching the path on changes nothing at first
+        assert torch.equal(on(x, t, z), off(x, t, z))
+
+    on.train()
+    F.mse_loss(on(x, t, z), torch.randn_like(x)).backward()
+    for name in ("zmap_in.weight", "zmap_up.0.weight", "zmap_up.1.weight"):  # zero convs learn at once
+        assert on.get_parameter(name).grad.abs().sum() > 0, name
+    on.zero_grad()
+    with torch.no_grad():
+        for m in (on.zmap_in, *on.zmap_up):
+            m.weight.normal_()
+    F.mse_loss(on(x, t, z), torch.randn_like(x)).backward()
+    assert on.zmap.weight.grad.abs().sum() > 0  # ... and then the map itself
+
+
+def test_zmap_is_linear_z_sem_laid_out_channel_row_column_float64():
+    net = ConditionalUNet(UNetConfig(**UNET, zmap_channels=3)).double()
+    _perturb(net.zmap, std=1.0)
+    z = torch.randn(2, 6, dtype=torch.float64)
+    flat = z @ net.zmap.weight.T + net.zmap.bias
+    c, i, j = torch.meshgrid(torch.arange(3), torch.arange(16), torch.arange(16), indexing="ij")
+    torch.testing.assert_close(net.zmap_of(z), flat[:, c * 256 + i * 16 + j], rtol=0, atol=1e-12)
+
+
+def test_zmap_settings_are_checked_and_refused_by_the_official_export():
+    from rockgen.official.hparams import OfficialImportError, official_hparams
+
+    for bad in (dict(UNET, zmap_channels=-1), dict(UNET, zmap_channels=2, cond_channels=None)):
+        with pytest.raises(ValueError, match="zmap_channels"):
+            ConditionalUNet(UNetConfig(**bad))
+    with pytest.raises(OfficialImportError, match="zmap_channels=2"):
+        official_hparams({"unet": dict(UNET, zmap_channels=2), "encoder": dict(ENC)})

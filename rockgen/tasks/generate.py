@@ -83,12 +83,18 @@ class _Writer(pl.LightningModule):
             write_grid(self.out_dir, self.out_dir.parent / "grid.png", self.opts["grid_size"])
 
 
-def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256) -> Path:
-    """A square-ish grid PNG of the first ``count`` numbered samples (cells at most ``max_cell`` px)."""
+def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256, min_cell: int = 96) -> Path:
+    """A square-ish grid PNG of the first ``count`` numbered samples: tiles under ``min_cell`` px enlarged by the
+    smallest integer factor (nearest, every pixel a sharp block: 32-px tiles become 96 px), tiles over ``max_cell``
+    reduced with Lanczos."""
     files = sorted(sample_dir.glob("*.png"))[:count]
     cells = [Image.open(f).convert("RGB") for f in files]
-    size = min(max_cell, cells[0].width)
-    cells = [c.resize((size, size), Image.Resampling.LANCZOS) if c.width != size else c for c in cells]
+    side = cells[0].width
+    if side < min_cell:
+        size, resample = side * -(-min_cell // side), Image.Resampling.NEAREST
+    else:
+        size, resample = min(max_cell, side), Image.Resampling.LANCZOS
+    cells = [c.resize((size, size), resample) if c.width != size else c for c in cells]
     ncol = math.ceil(math.sqrt(len(cells)))
     nrow = math.ceil(len(cells) / ncol)
     grid = np.full((nrow * (size + 2) + 2, ncol * (size + 2) + 2, 3), 255, np.uint8)
