@@ -35,6 +35,9 @@ class DiffusionConf:
     p2_k: float = 1.0
     x0_loss_weight: float = 0.0  # + this × ‖x̂0 − x0‖² for samples at t ≥ x0_loss_from·T
     x0_loss_from: float = 0.7
+    # DiffAE autoencoder only: + this × ‖P(z_sem) − x0‖², P = the first 3 channels of the decoder's linear z_sem map
+    # (needs model.unet.zmap_channels ≥ 3): the encoder is taught directly to carry a linear preview of the tile.
+    preview_loss_weight: float = 0.0
 
 
 @dataclass
@@ -46,6 +49,10 @@ class OptimConf:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 0
+    # After the warm-up: none = constant lr (official) | cosine = half a cosine from lr down to lr·min_lr_ratio at
+    # the run's last step (trainer.max_steps), so a short budget ends on small, averaging steps.
+    decay: str = "none"
+    min_lr_ratio: float = 0.0
     encoder_lr_scale: float = 1.0  # DiffAE stage 1: the semantic encoder learns at lr × this (a param group)
     # None = auto: torch's fused AdamW kernel on CPU and CUDA (on 2 CPU cores 18x faster than the per-tensor
     # loop for 91 M parameters) under full precision (32-true); off under mixed precision, where Lightning

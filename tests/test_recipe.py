@@ -198,3 +198,94 @@ def test_z_norm_standardises_z_sem_and_keeps_the_official_keys():
     assert set(plain.state_dict()) == set(layer.state_dict())  # no new weights: official checkpoints still map
     with pytest.raises(ValueError, match="z_norm"):
         SemanticEncoder(EncoderConfig(**cfg, z_norm="group"))
+
+
+def _demo_autoencoder(**diffusion):
+    from rockgen import presets as templates
+    from rockgen.lit.diffae import LitModel
+
+    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
+    args["unet"] = {**args["unet"], "zmap_channels": 3}
+    args["diffusion"] = {**args["diffusion"], **diffusion}
+    torch.manual_seed(0)
+    return LitModel(**args)
+
+
+def test_preview_term_is_the_linear_map_of_z_sem_against_the_tile():
+    model = _demo_autoencoder(preview_loss_weight=2.0)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    torch.manual_seed(1)
+    loss, logs = model.method.loss({"img": x})
+    # independent statement: z_sem from the encoder, then P = W z + b laid out as (3, 32, 32), MSE in float64
+    enc, lin = model.model.encoder, model.model.decoder.zmap
+    with torch.no_grad():  # training mode, as in the loss: z_norm=batch standardises over this same batch
+        z = enc(x).double()
+    preview = (z @ lin.weight.double().T + lin.bias.double()).view(4, 3, 32, 32)
+    expected = ((preview - x.double()) ** 2).mean()
+    torch.testing.assert_close(logs["preview_loss"].double(), expected, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss, logs["diffusion_loss"] + 2.0 * logs["preview_loss"])
+    # the term alone trains the encoder (and the map), not the rest of the decoder
+    model.zero_grad()
+    logs["preview_loss"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (lin.weight, enc.out[-1].weight))
+    assert model.model.decoder.out[-1].weight.grad is None
+
+
+def test_preview_term_needs_a_three_channel_map():
+    from rockgen import presets as templates
+    from rockgen.lit.diffae import LitModel
+
+    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
+    args["diffusion"] = {**args["diffusion"], "preview_loss_weight": 1.0}
+    with pytest.raises(ValueError, match="preview_loss_weight.*zmap_channels"):
+        LitModel(**args)
+
+
+@pytest.mark.parametrize(("warmup", "floor"), [(0, 0.0), (3, 0.0), (4, 0.1)])
+def test_cosine_decay_matches_torch_schedulers(warmup, floor):
+    from rockgen.lit.common import build_optimizer
+
+    total, lr = 20, 0.5
+    conf = OptimConf(lr=lr, warmup_steps=warmup, decay="cosine", min_lr_ratio=floor, fused=False)
+    ours = build_optimizer([torch.nn.Parameter(torch.zeros(2))], conf, total_steps=total)
+    # the oracle: torch's own linear warm-up then CosineAnnealingLR down to lr·floor at the last step
+    ref_opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=total - warmup, eta_min=lr * floor)
+    if warmup:
+        warm = torch.optim.lr_scheduler.LinearLR(ref_opt, start_factor=1 / warmup, total_iters=warmup - 1)
+        ref = torch.optim.lr_scheduler.SequentialLR(ref_opt, [warm, cos], milestones=[warmup])
+    else:
+        ref = cos
+    opt, sched = ours["optimizer"], ours["lr_scheduler"]["scheduler"]
+    seen, expected = [], []
+    for _ in range(total + 3):  # and past the end: held at the floor
+        seen.append(opt.param_groups[0]["lr"])
+        expected.append(ref_opt.param_groups[0]["lr"] if len(expected) <= total else lr * floor)
+        opt.step(), sched.step()
+        ref_opt.step(), ref.step()
+    assert seen == pytest.approx(expected, abs=1e-9)
+    assert seen[-1] == pytest.approx(lr * floor) and max(seen) == pytest.approx(lr)
+
+
+def test_decay_settings_name_the_option():
+    from rockgen.lit.common import build_optimizer
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ValueError, match="model.optim.decay='linear'"):
+        build_optimizer(p, OptimConf(decay="linear"), total_steps=10)
+    with pytest.raises(ValueError, match="finite trainer.max_steps"):
+        build_optimizer(p, OptimConf(decay="cosine"), total_steps=None)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        build_optimizer(p, OptimConf(decay="cosine", min_lr_ratio=2.0), total_steps=10)
+
+
+def test_cosine_decay_ends_at_the_runs_last_step(tmp_path, tiny_overrides):
+    from conftest import compose_config
+
+    from rockgen.tasks.train import train
+
+    over = [*tiny_overrides, "trainer.max_steps=4", "model.optim.decay=cosine", "model.optim.warmup_steps=1",
+            "model.optim.min_lr_ratio=0.25"]  # fmt: skip
+    out = train(compose_config(over, tmp_path))
+    lr = out["trainer"].lightning_module.optim_conf.lr
+    assert out["trainer"].optimizers[0].param_groups[0]["lr"] == pytest.approx(0.25 * lr)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +35,20 @@ class RockgenModule(pl.LightningModule):
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], conf: OptimConf, precision: str | None = None
+    params: Iterable[torch.nn.Parameter], conf: OptimConf, precision: str | None = None, total_steps: int | None = None
 ) -> dict[str, Any]:
-    """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps.
+    """Adam/AdamW with an optional linear learning-rate warm-up over ``conf.warmup_steps`` steps, then a constant
+    or (``conf.decay="cosine"``) cosine-decaying rate that reaches ``lr·min_lr_ratio`` at ``total_steps``.
 
     ``params``: parameters, or torch param groups (dicts with ``params`` and optionally their own ``lr``).
     ``precision`` is the Trainer's (``trainer.precision``), for choosing the fused kernel (``conf.fused``).
     """
+    if conf.decay not in ("none", "cosine"):
+        raise ValueError(f"model.optim.decay={conf.decay!r}: choose none or cosine")
+    if not 0.0 <= conf.min_lr_ratio <= 1.0:
+        raise ValueError(f"model.optim.min_lr_ratio must be in [0, 1], got {conf.min_lr_ratio}")
+    if conf.decay == "cosine" and not (total_steps and 0 < total_steps < float("inf")):
+        raise ValueError(f"model.optim.decay=cosine needs a finite trainer.max_steps (got {total_steps})")
     params = list(params)
     if params and isinstance(params[0], dict):
         params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
@@ -56,11 +65,23 @@ def build_optimizer(
         opt = torch.optim.Adam(params, **kwargs)
     else:
         raise ValueError(f"unknown optimizer {conf.name!r} (model.optim.name); choose adamw or adam")
-    if conf.warmup_steps <= 0:
+    if conf.warmup_steps <= 0 and conf.decay == "none":
         return {"optimizer": opt}
-    warm = max(1, int(conf.warmup_steps))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+    factor = partial(lr_factor, warmup=int(conf.warmup_steps), decay=conf.decay, total=total_steps,
+                     floor=float(conf.min_lr_ratio))  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def lr_factor(step: int, warmup: int, decay: str = "none", total: int | None = None, floor: float = 0.0) -> float:
+    """Learning-rate multiplier before optimizer step ``step`` (0-based): linear warm-up to 1 over ``warmup``
+    steps, then 1 (none) or floor + (1 − floor)·½(1 + cos(π·p)), p = (step − warmup) / (total − warmup) ∈ [0, 1]."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if decay == "none":
+        return 1.0
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 FULL_PRECISIONS = ("32-true", "32", "64-true", "64")

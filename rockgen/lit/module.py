@@ -66,7 +66,10 @@ class MethodModule(RockgenModule):
 
     def configure_optimizers(self):
         params, conf = self.method.optimizer_setup()
-        return build_optimizer(params, conf, trainer_precision(self))
+        total = None
+        if conf.decay != "none":  # the decay ends at the run's last step: max_steps, else what the epochs give
+            total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        return build_optimizer(params, conf, trainer_precision(self), total_steps=total)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
