@@ -35,9 +35,6 @@ class DiffusionConf:
     p2_k: float = 1.0
     x0_loss_weight: float = 0.0  # + this × ‖x̂0 − x0‖² for samples at t ≥ x0_loss_from·T
     x0_loss_from: float = 0.7
-    # DiffAE autoencoder only: + this × ‖P(z_sem) − x0‖², P = the first 3 channels of the decoder's linear z_sem map
-    # (needs model.unet.zmap_channels ≥ 3): the encoder is taught directly to carry a linear preview of the tile.
-    preview_loss_weight: float = 0.0
 
 
 @dataclass

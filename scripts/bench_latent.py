@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Benchmark of the latent DDIM (stage 2): sampling codes/s and training codes/s, for the official-size latent
-MLP (512-d, 10 x 2048, 54.1 M) and the demo's (128-d, 4 x 256).
+MLP (512-d, 10 x 2048, 54.1 M), the demo's (512-d, 4 x 1024) and the earlier demo's (128-d, 4 x 256).
 
     sample  LitModel.sample_latents' computation: ``ddim_sample`` of the EMA latent MLP from N(0, I) noise with
             T_latent steps, in chunks of ``--chunk`` codes (one chunk = one batch through the network). Rows
@@ -41,7 +41,8 @@ from rockgen.samplers import ddim_sample
 
 NETS = {
     "official": {"num_channels": 512},  # LatentMLPConfig defaults = official latent_mlp_2048_norm_10layers
-    "demo": {"num_channels": 128, "hidden_channels": 256, "num_layers": 4},  # rockgen.presets.recipes.demo_latent
+    "demo": {"num_channels": 512, "hidden_channels": 1024, "num_layers": 4},  # rockgen.presets.recipes.demo_latent
+    "demo128": {"num_channels": 128, "hidden_channels": 256, "num_layers": 4},  # the demo's until 2026-12-03
 }
 OFFICIAL_SAMPLE_CODES_S = 18.0  # official latent net, batch 8, T_latent=20, 2 threads (issue #3)
 TRAIN_TARGET_CODES_S = 400.0  # issue #3: latent training at batch 256

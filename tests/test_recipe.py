@@ -200,47 +200,6 @@ def test_z_norm_standardises_z_sem_and_keeps_the_official_keys():
         SemanticEncoder(EncoderConfig(**cfg, z_norm="group"))
 
 
-def _demo_autoencoder(**diffusion):
-    from rockgen import presets as templates
-    from rockgen.lit.diffae import LitModel
-
-    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
-    args["unet"] = {**args["unet"], "zmap_channels": 3}
-    args["diffusion"] = {**args["diffusion"], **diffusion}
-    torch.manual_seed(0)
-    return LitModel(**args)
-
-
-def test_preview_term_is_the_linear_map_of_z_sem_against_the_tile():
-    model = _demo_autoencoder(preview_loss_weight=2.0)
-    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    torch.manual_seed(1)
-    loss, logs = model.method.loss({"img": x})
-    # independent statement: z_sem from the encoder, then P = W z + b laid out as (3, 32, 32), MSE in float64
-    enc, lin = model.model.encoder, model.model.decoder.zmap
-    with torch.no_grad():  # training mode, as in the loss: z_norm=batch standardises over this same batch
-        z = enc(x).double()
-    preview = (z @ lin.weight.double().T + lin.bias.double()).view(4, 3, 32, 32)
-    expected = ((preview - x.double()) ** 2).mean()
-    torch.testing.assert_close(logs["preview_loss"].double(), expected, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(loss, logs["diffusion_loss"] + 2.0 * logs["preview_loss"])
-    # the term alone trains the encoder (and the map), not the rest of the decoder
-    model.zero_grad()
-    logs["preview_loss"].backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in (lin.weight, enc.out[-1].weight))
-    assert model.model.decoder.out[-1].weight.grad is None
-
-
-def test_preview_term_needs_a_three_channel_map():
-    from rockgen import presets as templates
-    from rockgen.lit.diffae import LitModel
-
-    args = {k: v for k, v in templates.presets()["demo"]["model"].items() if k != "_target_"}
-    args["diffusion"] = {**args["diffusion"], "preview_loss_weight": 1.0}
-    with pytest.raises(ValueError, match="preview_loss_weight.*zmap_channels"):
-        LitModel(**args)
-
-
 @pytest.mark.parametrize(("warmup", "floor"), [(0, 0.0), (3, 0.0), (4, 0.1)])
 def test_cosine_decay_matches_torch_schedulers(warmup, floor):
     from rockgen.lit.common import build_optimizer

@@ -115,7 +115,7 @@ def test_checkpoint_api_encode_invert_render(trained):
     model = LitModel.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     z = model.encode(x)
-    assert z.shape == (2, model.ema_model.encoder.cfg.out_channels) == (2, 128)  # the demo z_sem width
+    assert z.shape == (2, model.ema_model.encoder.cfg.out_channels) == (2, 512)  # the demo z_sem width
     x_T = model.encode_stochastic(x, z, T=5)
     assert x_T.shape == x.shape and torch.isfinite(x_T).all()
     img = model.render(x_T, z, T=5)

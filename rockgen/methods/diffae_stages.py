@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from rockgen.conditioning import drop_labels
 from rockgen.diffusion import diffusion_loss, to_eps_and_x0
@@ -31,12 +30,6 @@ class DiffAEAutoencoder(DiffAEMethod):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.evaluator = ReconstructionEvaluator(self.eval_conf)
-        w, k = self.diffusion_conf.preview_loss_weight, self.model.decoder.cfg.zmap_channels
-        if w < 0 or (w > 0 and k < 3):
-            raise ValueError(
-                "model.diffusion.preview_loss_weight must be >= 0 and, when > 0, needs model.unet.zmap_channels >= 3 "
-                f"(the preview is the first 3 channels of the z_sem map); got {w} with zmap_channels={k}"
-            )
 
     def setup(self, host, stage: str) -> None:
         if stage == "fit" and self.hparams["lpips_weight"] > 0 and self._lpips is None:
@@ -51,10 +44,6 @@ class DiffAEAutoencoder(DiffAEMethod):
         per, out, x_t, abar = diffusion_loss(d, self.schedule, lambda x, t: net.decoder(x, t, cond=cond), x0)
         loss = per.mean()
         logs = {"diffusion_loss": loss}
-        if d.preview_loss_weight > 0:  # the linear preview of the tile decoded from z_sem alone
-            preview = net.decoder.zmap_of(cond)[:, :3]
-            logs["preview_loss"] = F.mse_loss(preview.float(), x0.float())
-            loss = loss + d.preview_loss_weight * logs["preview_loss"]
         if self._lpips is not None:
             x0_hat = to_eps_and_x0(d.prediction, out.float(), abar, x_t.float())[1].clamp(-1, 1)
             perceptual = self._lpips.to(x0.device)(x0_hat, x0.float()).mean()

@@ -84,10 +84,6 @@ class UNetConfig:
     # to and added to the features entering the middle block (the lowest resolution). AdaGN gives z_sem only
     # channel-wise scales, so without it a layout must come from x_t; with it z_sem can carry one.
     spatial_cond: int = 0
-    # rockgen, off (0) in every official preset: k channels of a full-resolution map of z_sem, Linear(z_sem) ->
-    # (k, H, W) (a linear "preview" of the tile, like a PCA decoder), area-averaged to each scale and added through
-    # zero-initialised 1x1 convs to the first block's output and to the input of every decoder level.
-    zmap_channels: int = 0
 
 
 class ConditionalUNet(nn.Module):
@@ -108,11 +104,6 @@ class ConditionalUNet(nn.Module):
         if not 0.0 <= cfg.dropout < 1.0:
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {cfg.dropout}")
         lowest = cfg.image_size // 2 ** (len(mult) - 1)
-        if cfg.zmap_channels < 0 or (cfg.zmap_channels and cfg.cond_channels is None):
-            raise ValueError(
-                f"UNetConfig.zmap_channels must be 0 (off) or >= 1 on a z_sem-conditioned net (cond_channels set), "
-                f"got {cfg.zmap_channels} (cond_channels={cfg.cond_channels})"
-            )
         if cfg.spatial_cond and (cfg.cond_channels is None or cfg.spatial_cond < 0 or lowest % cfg.spatial_cond):
             raise ValueError(
                 f"UNetConfig.spatial_cond must be 0 (off) or divide the lowest resolution {lowest} of a z_sem-"
@@ -151,10 +142,8 @@ class ConditionalUNet(nn.Module):
         # (popped LIFO from the down path's outputs), then an up block except at level 0.
         self.output_blocks = nn.ModuleList()
         resolution = cfg.image_size // 2 ** (len(mult) - 1)
-        level_inputs: list[int] = []  # channels of h entering each decoder level (deepest first)
         for level in reversed(range(len(mult))):
             width = mc * mult[level]
-            level_inputs.append(ch)
             for i in range(cfg.num_res_blocks + 1):
                 layers: list[nn.Module] = [make_block(ch + widths.pop(), width)]
                 ch = width
@@ -165,12 +154,6 @@ class ConditionalUNet(nn.Module):
                     resolution *= 2
                 self.output_blocks.append(CondSequential(*layers))
         assert not widths, "every lateral must be consumed exactly once"
-        k = cfg.zmap_channels
-        # Default-initialised map, zero-initialised injections: the path starts as the plain net and still learns
-        # (a zero map behind zero convs would give neither a gradient).
-        self.zmap = nn.Linear(cfg.cond_channels, k * cfg.image_size**2) if k else None
-        self.zmap_in = zero_module(nn.Conv2d(k, mc, 1)) if k else None
-        self.zmap_up = nn.ModuleList(zero_module(nn.Conv2d(k, c, 1)) for c in level_inputs) if k else None
 
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)))
 
@@ -199,28 +182,17 @@ class ConditionalUNet(nn.Module):
             emb = emb + self.class_embed(cls).to(emb.dtype)
         ckpt = self.gradient_checkpointing and self.training
 
-        zmap = self.zmap_of(cond) if self.zmap is not None else None
         laterals = []
         h = x
-        for i, block in enumerate(self.input_blocks):
+        for block in self.input_blocks:
             h = run_block(block, h, emb, cond, ckpt)
-            if i == 0 and zmap is not None:
-                h = h + self.zmap_in(zmap.to(h.dtype))
             laterals.append(h)
         if self.spatial_cond is not None:
             h = h + self._spatial_map(cond, h)
         h = run_block(self.middle_block, h, emb, cond, ckpt)
-        per_level = self.cfg.num_res_blocks + 1
-        for i, block in enumerate(self.output_blocks):
-            if zmap is not None and i % per_level == 0:
-                h = h + self.zmap_up[i // per_level](F.adaptive_avg_pool2d(zmap, h.shape[-2:]).to(h.dtype))
+        for block in self.output_blocks:
             h = run_block(block, torch.cat([h, laterals.pop()], dim=1), emb, cond, ckpt)
         return self.out(h)
-
-    def zmap_of(self, cond: torch.Tensor) -> torch.Tensor:
-        """z_sem (B, D) -> its full-resolution linear map (B, zmap_channels, H, W) (``zmap_channels`` > 0)."""
-        side = self.cfg.image_size
-        return self.zmap(cond.to(self.zmap.weight.dtype)).view(cond.shape[0], -1, side, side)
 
     def _spatial_map(self, cond: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """z_sem (B, D) -> its coarse map (B, C, S, S), nearest-upsampled to h's (B, C, H, W), in h's dtype/layout."""

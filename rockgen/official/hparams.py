@@ -258,11 +258,10 @@ def official_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
             "the official DiffAE encoder has no z_sem normalisation; "
             f"this one has model.encoder.z_norm={enc['z_norm']!r}"
         )
-    if enc.get("head", "pool") != "pool" or unet.get("spatial_cond", 0) or unet.get("zmap_channels", 0):
+    if enc.get("head", "pool") != "pool" or unet.get("spatial_cond", 0):
         raise OfficialImportError(
             "the official DiffAE networks have no spatial z_sem path; this one has "
-            f"model.encoder.head={enc.get('head', 'pool')!r}, model.unet.spatial_cond={unet.get('spatial_cond', 0)}, "
-            f"model.unet.zmap_channels={unet.get('zmap_channels', 0)}"
+            f"model.encoder.head={enc.get('head', 'pool')!r}, model.unet.spatial_cond={unet.get('spatial_cond', 0)}"
         )
     T = int(diff.get("num_timesteps", 1000))
     hp: dict[str, Any] = {

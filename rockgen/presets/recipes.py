@@ -16,19 +16,19 @@ from rockgen.presets.schema import AutoencModel, Budget, PixelModel, Preset, VAE
 DEMO_DIFFUSION = DiffusionConf(prediction="v")
 DEMO_OPTIM = OptimConf(lr=4e-4, warmup_steps=50)
 DEMO_EMA = EMAConf(decay=0.999, warmup=True)
-DEMO_Z = 128  # z_sem width of the demo autoencoder (512 carries 0.8 dB more but breaks demo_latent; see demo())
+DEMO_Z = 512  # z_sem width of the demo autoencoder (128 carries 1 dB less of the tile; see demo())
 
 
 def demo() -> Preset:
-    """A tiny DiffAE on the embedded demo tiles: ≈ 0.65 s/step on 2 CPU cores, about 6 minutes in all.
+    """A tiny DiffAE on the embedded demo tiles: ≈ 0.7 s/step on 2 CPU cores, about 6–10 minutes in all.
 
     z_sem is standardised over the batch (``model.encoder.z_norm=batch``): without it most of the code is a constant
     offset the decoder uses as a bias; with it z_sem-only renders (random x_T) gain 1 dB at step 500 (15.7 → 16.7
     dB). A spatial z_sem path (``model.unet.spatial_cond=8``: z_sem → an 8×8 map added before the decoder's middle
     block; ``model.encoder.head=flatten``: a position-keeping encoder head) lets z_sem carry the layout: 16.7 →
-    18.9 dB, inferred x_T kept (README, "Training, checkpoints, resume"). z_sem stays 128-d: 512 gives 19.7 dB but
-    the demo_latent MLP (hidden 256) then no longer obeys the class (sampled-code accuracy at w = 2: 0.28 against
-    0.99 with 128; README, "Conditional generation").
+    18.9 dB, inferred x_T kept. z_sem 512 instead of 128: 19.6–19.8 dB over three runs against 18.5–19.0 (inferred
+    30.4–30.6 against 30.1–30.3), ≈ 10 % slower per step; its latent stage needs the wider MLP of demo_latent
+    (README, "Training, checkpoints, resume" and "Conditional generation").
     """
     model = AutoencModel(
         replace(unet_config(DEMO), spatial_cond=8, cond_channels=DEMO_Z),
@@ -42,9 +42,10 @@ def demo() -> Preset:
 
 
 def demo_latent(base: Preset) -> Preset:
-    """Demo stage 2: a small MLP (4 x 256) fits the 512-d codes of a few hundred tiles in a minute."""
+    """Demo stage 2: an MLP of 4 x 1024 fits the 512-d codes of a few hundred tiles in minutes (4 x 256 does not
+    obey the class: sampled-code accuracy 0.28 at w = 2 against 0.99; README, "Conditional generation")."""
     conf = LatentConf(
-        net={"hidden_channels": 256, "num_layers": 4},
+        net={"hidden_channels": 1024, "num_layers": 4},
         T_latent=20,
         grid_samples=16,
         optim=OptimConf(lr=1e-3, weight_decay=0.01, warmup_steps=50),
