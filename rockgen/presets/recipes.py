@@ -20,7 +20,7 @@ DEMO_Z = 512  # z_sem width of the demo autoencoder (128 carries 1 dB less of th
 
 
 def demo() -> Preset:
-    """A tiny DiffAE on the embedded demo tiles: ≈ 0.7 s/step on 2 CPU cores, about 6–10 minutes in all.
+    """A tiny DiffAE on the embedded demo tiles: about 10–12 minutes on 2 AVX2 CPU cores.
 
     z_sem is standardised over the batch (``model.encoder.z_norm=batch``): without it most of the code is a constant
     offset the decoder uses as a bias; with it z_sem-only renders (random x_T) gain 1 dB at step 500 (15.7 → 16.7
