@@ -28,10 +28,15 @@ def grid_array(images01: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return out
 
 
+def upscale_factor(side: int, min_size: int = 96) -> int:
+    """The smallest integer factor k ≥ 1 with side·k ≥ ``min_size`` (96 px: the smallest tile a grid shows)."""
+    return max(1, -(-int(min_size) // int(side)))
+
+
 def upscale_to(images01: torch.Tensor, min_size: int = 96) -> torch.Tensor:
     """Nearest-neighbour upscale (N, 3, H, W) by the smallest integer factor that makes H ≥ ``min_size``:
     32-px tiles become visible in a grid, with every pixel kept as a sharp block."""
-    factor = max(1, -(-int(min_size) // images01.shape[-2]))
+    factor = upscale_factor(images01.shape[-2], min_size)
     return images01.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else images01
 
 

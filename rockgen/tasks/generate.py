@@ -29,7 +29,7 @@ from rockgen.precision import resolve_precision
 from rockgen.samplers import solver_options
 from rockgen.tasks.build import build_callbacks, build_strategy
 from rockgen.tasks.gis_output import GisOutputs
-from rockgen.visual import to_uint8
+from rockgen.visual import to_uint8, upscale_factor
 
 PREEMPTED_EXIT = 143  # 128 + SIGTERM: a pre-empted generation (samples.json says how many PNGs are complete)
 
@@ -91,7 +91,7 @@ def write_grid(sample_dir: Path, path: Path, count: int, max_cell: int = 256, mi
     cells = [Image.open(f).convert("RGB") for f in files]
     side = cells[0].width
     if side < min_cell:
-        size, resample = side * -(-min_cell // side), Image.Resampling.NEAREST
+        size, resample = side * upscale_factor(side, min_cell), Image.Resampling.NEAREST
     else:
         size, resample = min(max_cell, side), Image.Resampling.LANCZOS
     cells = [c.resize((size, size), resample) if c.width != size else c for c in cells]
